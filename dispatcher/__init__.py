@@ -1,0 +1,3 @@
+"""webhook-dispatcher: deliver shop events from a SQLite queue to configured webhooks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,29 @@
+"""The one clock the dispatcher reads, and the timestamp format it writes.
+
+Tests replace `now` to move time; timestamps are ISO 8601 UTC text with milliseconds, the
+same shape SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ')` produces, so they compare as text.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+
+def now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """`moment` as sortable ISO 8601 UTC text: 2026-12-03T16:13:07.123Z."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """Read a timestamp written by `iso` or by SQLite's defaults."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def later(moment: datetime, seconds: float) -> datetime:
+    return moment + timedelta(seconds=seconds)

@@ -1,0 +1,336 @@
+"""The loop: poll the queue → fan out → claim due deliveries → send → record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from dispatcher import clock, events, retry
+from dispatcher.config import Config, WebhookConfig
+from dispatcher.endpoints import Endpoint, Job
+from dispatcher.recorder import Recorder
+from dispatcher.sender import AttemptResult, Sender
+from dispatcher.store import Claimed, FanOutPlan, Outcome, QueuedEvent, Store
+
+log = structlog.get_logger(__name__)
+
+BODY_CACHE_SIZE = 20_000
+SWEEP_INTERVAL = 30.0
+IDLE_AFTER = 2.0  # seconds without new work before polling slows down
+IDLE_POLL_INTERVAL = 0.25
+
+
+@dataclass(slots=True)
+class CachedEvent:
+    type: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Poll:
+    """What the loop knows about the database between two passes."""
+
+    data_version: int = -1
+    deliveries_epoch: int = -1
+    queue_maybe: bool = True
+    last_work: float = 0.0
+    last_sweep: float = 0.0
+    last_notice: float = 0.0
+    drained: bool = False
+    bodies: dict[str, CachedEvent] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        sender: Sender,
+        *,
+        now: Callable[[], datetime] = clock.now,
+        jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0),
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.sender = sender
+        self.now = now
+        self.jitter = jitter
+        self.recorder = Recorder(store, now)
+        self.endpoints = {w.name: Endpoint(w, self._attempt, self._wake) for w in config.webhooks}
+        self._global = asyncio.Semaphore(config.http.max_in_flight)
+        self._wakeup = asyncio.Event()
+        self._poll = _Poll()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> None:
+        """Deliver until `stop` is set (or, with `until_idle`, until nothing is left to do),
+        then shut down gracefully."""
+        await self._prepare()
+        try:
+            while not stop.is_set():
+                await self._step()
+                if until_idle and await self._finished():
+                    break
+                await self._pause(stop)
+        finally:
+            await self._shutdown()
+
+    async def _prepare(self) -> None:
+        now = self.now()
+        await self.store.sync_webhooks(self.config.webhooks, now)
+        released = await self.store.release_leases(now, every_owner=True)
+        if released:
+            log.warning("leases_recovered", deliveries=released)
+        await self._refresh_due()
+        self.recorder.start()
+        for endpoint in self.endpoints.values():
+            endpoint.start()
+        loop_time = asyncio.get_running_loop().time()
+        self._poll.last_work = self._poll.last_sweep = loop_time
+
+    async def _step(self) -> None:
+        """One pass: notice changes, fan out new events, claim due work, sweep leases."""
+        self._wakeup.clear()
+        await self._notice_changes()
+        if self._poll.queue_maybe and self._starving():
+            await self._fan_out()
+        for endpoint in self.endpoints.values():
+            if endpoint.wants_claim(self.now()):
+                await self._claim(endpoint)
+        await self._maybe_sweep()
+
+    async def _pause(self, stop: asyncio.Event) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        if self._poll.queue_maybe and self._starving():
+            return
+        idle = loop_time - self._poll.last_work > IDLE_AFTER
+        timeout = IDLE_POLL_INTERVAL if idle else self.config.queue.poll_interval
+        timeout = min(timeout, self._seconds_to_next_due())
+        waits = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, timeout=max(timeout, 0.0), return_when="FIRST_COMPLETED")
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    def _seconds_to_next_due(self) -> float:
+        now = self.now()
+        dues = [e.due_at for e in self.endpoints.values() if e.due_at is not None and e.room]
+        if not dues:
+            return IDLE_POLL_INTERVAL
+        return max(0.0, (min(dues) - now).total_seconds())
+
+    def _starving(self) -> bool:
+        """Whether some endpoint has room but nothing due: then it is worth fanning out."""
+        now = self.now()
+        return any(
+            e.room > 0 and (e.due_at is None or e.due_at > now) for e in self.endpoints.values()
+        ) or not self.endpoints
+
+    async def _notice_changes(self) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time - self._poll.last_notice < self.config.queue.poll_interval:
+            return
+        self._poll.last_notice = loop_time
+        version = await self.store.data_version()
+        if version == self._poll.data_version:
+            return
+        self._poll.data_version = version
+        self._poll.queue_maybe = True
+        epoch = await self.store.deliveries_epoch()
+        if epoch != self._poll.deliveries_epoch:
+            self._poll.deliveries_epoch = epoch
+            await self._refresh_due()
+
+    async def _refresh_due(self) -> None:
+        for endpoint in self.endpoints.values():
+            endpoint.due_at = await self.store.next_due(endpoint.name)
+
+    async def _fan_out(self) -> None:
+        limit = self.config.queue.batch_size
+        queued, plan = await self.store.fan_out(limit, self.now(), self._plan)
+        self._poll.queue_maybe = len(queued) >= limit
+        if not queued:
+            return
+        self._poll.last_work = asyncio.get_running_loop().time()
+        now = self.now()
+        for _, webhook in plan.deliveries:
+            endpoint = self.endpoints[webhook]
+            if endpoint.due_at is None or endpoint.due_at > now:
+                endpoint.due_at = now
+        for reason, seq in plan.rejected:
+            event = next(e for e in queued if e.seq == seq)
+            log.warning("event_rejected", event_id=event.id, seq=seq, reason=reason)
+
+    def _plan(self, queued: list[QueuedEvent]) -> FanOutPlan:
+        plan = FanOutPlan(deliveries=[], dispatched=[], rejected=[])
+        for event in queued:
+            try:
+                type_, body = self._validate(event)
+            except ValueError as exc:
+                plan.rejected.append((str(exc), event.seq))
+                continue
+            plan.dispatched.append(event.seq)
+            matched = [w.name for w in self.config.webhooks if _matches(w, type_, event)]
+            plan.deliveries.extend((event.id, name) for name in matched)
+            if matched:
+                self._remember(event.id, CachedEvent(type_, body))
+        return plan
+
+    def _validate(self, event: QueuedEvent) -> tuple[str, bytes]:
+        """Check a producer's row; raise ValueError with the reason it cannot be sent."""
+        type_, store_id, payload = event.type, event.store_id, event.payload
+        if "." in event.id:
+            # The id is signed as `{id}.{timestamp}.{body}`; a dot would make that ambiguous.
+            raise ValueError(f"event id {event.id!r} contains '.', which signed ids must not")
+        if not isinstance(type_, str) or type_ not in events.EVENT_TYPES:
+            raise ValueError(f"unknown event type {type_!r}")
+        if not isinstance(store_id, str) or not store_id.strip():
+            raise ValueError(f"store_id must be non-empty text, got {store_id!r}")
+        if not isinstance(payload, str):
+            raise ValueError("payload is a BLOB, not JSON text")
+        size = len(payload.encode("utf-8", errors="surrogatepass"))
+        limit = self.config.queue.max_payload_bytes
+        if size > limit:
+            raise ValueError(f"payload is {size} bytes, over the limit of {limit}")
+        try:
+            data = events.parse_payload(payload)
+        except ValueError as exc:
+            raise ValueError(f"payload is not a JSON object: {exc}") from exc
+        return type_, events.envelope(event.id, type_, event.created_at, store_id, data)
+
+    def _remember(self, event_id: str, cached: CachedEvent) -> None:
+        bodies = self._poll.bodies
+        bodies[event_id] = cached
+        if len(bodies) > BODY_CACHE_SIZE:
+            # Oldest first: dicts keep insertion order, and old events are the ones whose
+            # deliveries have most likely been sent already.
+            del bodies[next(iter(bodies))]
+
+    async def _claim(self, endpoint: Endpoint) -> None:
+        now = self.now()
+        lease = clock.later(now, 3 * endpoint.webhook.timeout + 60)
+        claimed = await self.store.claim(endpoint.name, now, endpoint.room, lease)
+        if len(claimed) < endpoint.room:
+            endpoint.due_at = await self.store.next_due(endpoint.name)
+        if not claimed:
+            return
+        self._poll.last_work = asyncio.get_running_loop().time()
+        endpoint.put(await self._jobs(claimed))
+
+    async def _jobs(self, claimed: list[Claimed]) -> list[Job]:
+        bodies = self._poll.bodies
+        missing = {c.event_id for c in claimed if c.event_id not in bodies}
+        if missing:
+            for row in await self.store.events_by_id(missing):
+                data = events.parse_payload(row.payload)
+                body = events.envelope(row.id, row.type, row.created_at, row.store_id, data)
+                self._remember(row.id, CachedEvent(row.type, body))
+        jobs = []
+        for c in claimed:
+            cached = bodies.get(c.event_id)
+            if cached is None:
+                log.error("event_missing", event_id=c.event_id, delivery_id=c.delivery_id)
+                continue
+            jobs.append(Job(c, cached.body, cached.type))
+        return jobs
+
+    async def _attempt(self, endpoint: Endpoint, job: Job) -> None:
+        async with self._global:
+            result = await self.sender.send(endpoint.webhook, job.claimed.event_id, job.body)
+        outcome = self._outcome(job.claimed, result)
+        if outcome.state == retry.PENDING and outcome.next_attempt_at is not None:
+            due = clock.parse_iso(outcome.next_attempt_at)
+            if endpoint.due_at is None or due < endpoint.due_at:
+                endpoint.due_at = due
+        self.recorder.add(outcome)
+        _log_attempt(endpoint.webhook, job, result, outcome)
+
+    def _outcome(self, claimed: Claimed, result: AttemptResult) -> Outcome:
+        decision = retry.decide(
+            claimed.budget_used,
+            result.succeeded,
+            result.retry_after,
+            self.now(),
+            self.config.retry,
+            self.jitter(),
+        )
+        next_at = decision.next_attempt_at
+        return Outcome(
+            delivery_id=claimed.delivery_id,
+            number=claimed.number,
+            manual=claimed.manual,
+            started_at=clock.iso(result.started_at),
+            duration_ms=result.duration_ms,
+            status_code=result.status_code,
+            error_kind=result.error_kind,
+            error=result.error,
+            response_excerpt=result.response_excerpt,
+            state=decision.state,
+            next_attempt_at=clock.iso(next_at) if next_at else None,
+        )
+
+    async def _maybe_sweep(self) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time - self._poll.last_sweep < SWEEP_INTERVAL:
+            return
+        self._poll.last_sweep = loop_time
+        released = await self.store.release_leases(self.now(), every_owner=False)
+        if released:
+            log.warning("leases_recovered", deliveries=released)
+            await self._refresh_due()
+
+    async def _finished(self) -> bool:
+        if self._poll.queue_maybe or self.recorder.pending:
+            return False
+        if not all(e.idle for e in self.endpoints.values()):
+            return False
+        return await self.store.unfinished_count() == 0
+
+    async def _shutdown(self) -> None:
+        grace = self.config.shutdown_grace
+        closing = [e.close(grace) for e in self.endpoints.values()]
+        handed_back: list[int] = []
+        for unsent, cut_off in await asyncio.gather(*closing):
+            handed_back.extend(unsent)
+            handed_back.extend(cut_off)
+        # Outcomes already received must reach the database even if this task is being
+        # cancelled, so the final flush and the hand-back run shielded.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._final_writes(handed_back))
+
+    async def _final_writes(self, handed_back: list[int]) -> None:
+        await self.recorder.close()
+        if handed_back:
+            await self.store.release(handed_back, self.now())
+        log.info("engine_stopped", handed_back=len(handed_back))
+
+
+def _matches(webhook: WebhookConfig, type_: str, event: QueuedEvent) -> bool:
+    return events.subscribes(webhook.events, webhook.stores, type_, str(event.store_id))
+
+
+def _log_attempt(webhook: WebhookConfig, job: Job, result: AttemptResult, outcome: Outcome) -> None:
+    fields = {
+        "webhook": webhook.name,
+        "event_id": job.claimed.event_id,
+        "attempt": job.claimed.number,
+        "status_code": result.status_code,
+        "duration_ms": result.duration_ms,
+    }
+    if result.succeeded:
+        log.debug("attempt_succeeded", **fields)
+        return
+    failure = {**fields, "error_kind": result.error_kind, "error": result.error}
+    if outcome.state == retry.FAILED:
+        log.error("delivery_failed", **failure)
+    else:
+        log.warning("attempt_failed", next_attempt_at=outcome.next_attempt_at, **failure)
