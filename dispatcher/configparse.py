@@ -243,7 +243,12 @@ class Section:
     """
 
     def __init__(
-        self, problems: Problems, node: Node, path: str, keys: Collection[str] | None
+        self,
+        problems: Problems,
+        node: Node,
+        path: str,
+        keys: Collection[str] | None,
+        hidden: bool = False,
     ) -> None:
         self.problems = problems
         self.node = node
@@ -255,7 +260,7 @@ class Section:
         elif not self.is_mapping:
             listed = f"keys {', '.join(sorted(keys))}" if keys else "names mapped to values"
             where = path or "(top level)"
-            problems.add(node, where, f"not a mapping ({shown(node)}; valid: {listed})")
+            problems.add(node, where, f"not a mapping ({shown(node, hidden)}; valid: {listed})")
 
     def _collect(self, node: MappingNode, keys: Collection[str] | None) -> None:
         for key_node, value_node in node.value:
@@ -287,29 +292,31 @@ class Section:
             self.problems.add(self.node, self.path_of(key), f"missing (required: {valid})")
         return node
 
-    def section(self, key: str, keys: Collection[str] | None) -> Section:
+    def section(self, key: str, keys: Collection[str] | None, hidden: bool = False) -> Section:
         """The mapping under `key`; a missing or empty one reads as all defaults."""
         node = self.get(key)
         if node is None:
             node = ScalarNode(NULL_TAG, "", self.node.start_mark, self.node.end_mark)
-        return Section(self.problems, node, self.path_of(key), keys)
+        return Section(self.problems, node, self.path_of(key), keys, hidden)
 
-    def items(self, key: str, valid: str = "a list, like [a, b]") -> list[tuple[Node, str]]:
+    def items(
+        self, key: str, valid: str = "a list, like [a, b]", hidden: bool = False
+    ) -> list[tuple[Node, str]]:
         """The items of the list under `key` with their key paths; [] when missing or bad."""
         node = self.get(key)
         if node is None or is_null(node):
             return []
         if not isinstance(node, SequenceNode):
             self.problems.add(
-                node, self.path_of(key), f"not a list ({shown(node)}; valid: {valid})"
+                node, self.path_of(key), f"not a list ({shown(node, hidden)}; valid: {valid})"
             )
             return []
         return [(item, f"{self.path_of(key)}[{index}]") for index, item in enumerate(node.value)]
 
-    def nonempty_items(self, key: str, valid: str) -> list[tuple[Node, str]]:
+    def nonempty_items(self, key: str, valid: str, hidden: bool = False) -> list[tuple[Node, str]]:
         """Like `items`, for a list that must be present and hold at least one item."""
         node = self.required(key, valid)
-        items = self.items(key, valid)
+        items = self.items(key, valid, hidden)
         if node is not None and not items and (is_null(node) or isinstance(node, SequenceNode)):
             self.problems.add(node, self.path_of(key), f"empty list (valid: {valid})")
         return items

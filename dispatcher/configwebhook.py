@@ -121,7 +121,8 @@ def _single_secret(section: Section, context: WebhookContext) -> list[SigningKey
 
 def _rotated_secrets(section: Section, context: WebhookContext) -> list[SigningKey]:
     keys: list[SigningKey] = []
-    for node, path in section.nonempty_items("secrets", "one or more whsec_ secrets, newest first"):
+    valid = "one or more whsec_ secrets, newest first"
+    for node, path in section.nonempty_items("secrets", valid, hidden=True):
         if isinstance(node, MappingNode):
             entry = _dated_secret(
                 Section(context.problems, node, path, ("secret", "expires")), context
@@ -204,7 +205,7 @@ def expand_references(context: WebhookContext, node: Node, path: str, text: str)
 
 
 def custom_headers(section: Section, context: WebhookContext) -> tuple[tuple[str, str], ...]:
-    headers = section.section("headers", None)
+    headers = section.section("headers", None, hidden=True)
     first_lines: dict[str, int] = {}
     found: list[tuple[str, str]] = []
     for name, (name_node, value_node) in headers.entries.items():

@@ -67,8 +67,11 @@ async def connect(path: Path) -> aiosqlite.Connection:
     try:
         if created:
             os.chmod(path, 0o600)
+        # Inspect before configuring: switching to WAL rewrites the file header, and a
+        # file that is not ours must be left exactly as it was found.
+        version = await _inspect(conn, path)
         await _configure(conn)
-        await _migrate(conn, path)
+        await _migrate(conn, version)
     except BaseException:
         await conn.close()
         raise
@@ -77,7 +80,6 @@ async def connect(path: Path) -> aiosqlite.Connection:
 
 async def _configure(conn: aiosqlite.Connection) -> None:
     try:
-        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await conn.execute("PRAGMA journal_mode = WAL")
         await conn.execute("PRAGMA synchronous = NORMAL")
         await conn.execute("PRAGMA foreign_keys = ON")
@@ -85,8 +87,10 @@ async def _configure(conn: aiosqlite.Connection) -> None:
         raise StoreError(f"cannot configure the database: {exc}") from exc
 
 
-async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+async def _inspect(conn: aiosqlite.Connection, path: Path) -> int:
+    """The schema version of the file, after checking that it is ours (or empty)."""
     try:
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         version = await scalar(conn, "PRAGMA user_version")
         tables = {row[0] for row in await conn.execute_fetchall(
             "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -103,6 +107,10 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
             f"{path}: schema version {version} is newer than this release knows "
             f"({schema_version()}); upgrade webhook-dispatcher"
         )
+    return version
+
+
+async def _migrate(conn: aiosqlite.Connection, version: int) -> None:
     for number in range(version + 1, schema_version() + 1):
         await _apply(conn, number)
         log.info("schema_migrated", version=number)

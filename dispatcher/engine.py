@@ -14,6 +14,7 @@ import structlog
 from dispatcher import clock, events, retry
 from dispatcher.config import Config, WebhookConfig
 from dispatcher.endpoints import Endpoint, Job
+from dispatcher.errors import StoreError
 from dispatcher.recorder import Recorder
 from dispatcher.sender import AttemptResult, Sender
 from dispatcher.store import Claimed, FanOutPlan, Outcome, QueuedEvent, Store
@@ -24,6 +25,7 @@ BODY_CACHE_SIZE = 20_000
 SWEEP_INTERVAL = 30.0
 IDLE_AFTER = 2.0  # seconds without new work before polling slows down
 IDLE_POLL_INTERVAL = 0.25
+STEP_RETRY_DELAY = 1.0
 
 
 @dataclass(slots=True)
@@ -76,7 +78,14 @@ class Engine:
         await self._prepare()
         try:
             while not stop.is_set():
-                await self._step()
+                try:
+                    await self._step()
+                except StoreError as exc:
+                    # A full disk or a broken file: keep what is in memory, try again
+                    # shortly rather than exit and lose the in-flight attempts.
+                    log.error("engine_step_failed", error=str(exc))
+                    await asyncio.sleep(STEP_RETRY_DELAY)
+                    continue
                 if until_idle and await self._finished():
                     break
                 await self._pause(stop)

@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
 from dispatcher import clock, database
 from dispatcher.config import WebhookConfig
 from dispatcher.errors import StoreError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,10 @@ class Store:
     def __init__(self, conn: aiosqlite.Connection, owner: str) -> None:
         self.conn = conn
         self.owner = owner
+        # One connection serves every task: a statement issued while another task's
+        # transaction is open would silently join (and roll back with) that transaction,
+        # so writes take turns.
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, owner: str) -> Store:
@@ -146,6 +153,10 @@ class Store:
 
     async def _write_one(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
         """One statement in autocommit mode: a single round trip, retried while locked."""
+        async with self._write_lock:
+            return await self._write_one_locked(sql, params)
+
+    async def _write_one_locked(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
         delay = 0.05
         while True:
             try:
@@ -157,6 +168,10 @@ class Store:
                 raise StoreError(f"database write failed: {exc}") from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, database.LOCKED_RETRY_MAX_DELAY)
+
+    async def _write(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        async with self._write_lock:
+            return await database.write(self.conn, body)
 
     async def sync_webhooks(self, webhooks: Sequence[WebhookConfig], now: datetime) -> None:
         """Mirror the configured webhooks (never their secrets) into the `webhooks` table."""
@@ -183,7 +198,7 @@ class Store:
                 rows,
             )
 
-        await database.write(self.conn, body)
+        await self._write(body)
 
     async def release_leases(self, now: datetime, *, every_owner: bool) -> int:
         """Return abandoned in-flight deliveries to due, spending no retry budget.
@@ -232,7 +247,7 @@ class Store:
             )
             return events, decided
 
-        return await database.write(self.conn, body)
+        return await self._write(body)
 
     async def claim(
         self, webhook: str, now: datetime, limit: int, lease_until: datetime
@@ -325,7 +340,7 @@ class Store:
             await conn.executemany(INSERT_ATTEMPT, attempt_rows)
             await conn.executemany(UPDATE_DELIVERY, delivery_rows)
 
-        await database.write(self.conn, body)
+        await self._write(body)
 
     async def release(self, delivery_ids: Sequence[int], now: datetime) -> None:
         """Hand claimed but unattempted deliveries back, due now (used at shutdown)."""
@@ -339,4 +354,4 @@ class Store:
                 [(stamp, i, self.owner) for i in delivery_ids],
             )
 
-        await database.write(self.conn, body)
+        await self._write(body)

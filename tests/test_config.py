@@ -80,8 +80,10 @@ def test_file_that_is_not_utf8_is_reported_as_unreadable(tmp_path: Path) -> None
 
 def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "http:\n  timeout: 10s\n  connect_timeout: [5s\nqueue: {}\n")
-    [found] = problems(path)
-    assert found.startswith("4:1: invalid YAML: ")
+    assert problems(path) == [
+        "4:6: invalid YAML: expected ',' or ']', but got ':' (while parsing a flow sequence at "
+        "line 3)"
+    ]
 
 
 def test_empty_file_is_reported(tmp_path: Path) -> None:
@@ -477,13 +479,13 @@ def test_longest_webhook_name_is_accepted(tmp_path: Path) -> None:
 def test_bad_url_is_refused(tmp_path: Path, url: str, problem: str) -> None:
     path = webhook_file(tmp_path, url=url)
     [found] = problems(path)
-    assert found.startswith(f"2: webhooks[0].url: {problem} (")
+    assert found.startswith(f"3: webhooks[0].url: {problem} (")
 
 
 def test_plain_http_url_is_refused_with_how_to_allow_it(tmp_path: Path) -> None:
     path = webhook_file(tmp_path, url="http://erp.example.com/h")
     assert problems(path) == [
-        "2: webhooks[0].url: plain http:// is refused ('http://erp.example.com/h'; valid: "
+        "3: webhooks[0].url: plain http:// is refused ('http://erp.example.com/h'; valid: "
         "https://, or set allow_http: true on this webhook, or http.allow_http: true for all)"
     ]
 
@@ -521,7 +523,7 @@ def test_unknown_wildcard_is_refused(tmp_path: Path, pattern: str) -> None:
     path = webhook_file(tmp_path)
     path.write_text(path.read_text().replace("[order.created]", f"['{pattern}']"))
     [found] = problems(path)
-    assert found.startswith(f"3: webhooks[0].events[0]: unknown event type '{pattern}' (")
+    assert found.startswith(f"4: webhooks[0].events[0]: unknown event type '{pattern}' (")
 
 
 def test_wildcards_expand_to_catalogue_types(tmp_path: Path) -> None:
@@ -543,16 +545,16 @@ def test_empty_events_or_stores_list_is_refused(tmp_path: Path, key: str) -> Non
     text = path.read_text()
     path.write_text(text.replace("[order.created]" if key == "events" else "[store-1]", "[]"))
     [found] = problems(path)
-    assert found.startswith(f"{3 if key == 'events' else 4}: webhooks[0].{key}: empty list (")
+    assert found.startswith(f"{4 if key == 'events' else 5}: webhooks[0].{key}: empty list (")
 
 
 def test_store_ids_must_be_non_empty_strings(tmp_path: Path) -> None:
     path = webhook_file(tmp_path)
     path.write_text(path.read_text().replace("[store-1]", "[store-1, '', 7]"))
     assert problems(path) == [
-        "4: webhooks[0].stores[1]: empty store id (valid: one or more store ids, or '*' for "
+        "5: webhooks[0].stores[1]: empty store id (valid: one or more store ids, or '*' for "
         "every store)",
-        "4: webhooks[0].stores[2]: not a string (an integer 7; valid: text, quoted)",
+        "5: webhooks[0].stores[2]: not a string (an integer 7; valid: text, quoted)",
     ]
 
 
@@ -662,7 +664,7 @@ def test_rotation_entry_problems_are_each_reported(tmp_path: Path) -> None:
     secrets:
       - whsec_bad
       - expires: 2030-01-31T00:00:00Z
-      - {secret: ${MISSING}, note: old}
+      - {secret: '${MISSING}', note: old}
     """
     found = problems(webhook_file(tmp_path, extra))
     assert [line.split(": ")[:2] for line in found] == [
@@ -718,6 +720,14 @@ def test_only_one_secret_source_may_be_set(tmp_path: Path) -> None:
     )
     assert found[1].startswith("7: webhooks[0].secret_file: cannot read ")
     assert len(found) == 2
+
+
+def test_secret_written_where_a_list_belongs_is_not_shown(tmp_path: Path) -> None:
+    [found] = problems(webhook_file(tmp_path, f"secrets: {SECRET}\n"))
+    assert found == (
+        "6: webhooks[0].secrets: not a list (a string; valid: one or more whsec_ secrets, "
+        "newest first)"
+    )
 
 
 def test_repr_shows_no_secret_or_header_value(tmp_path: Path) -> None:
@@ -807,6 +817,13 @@ def test_headers_must_be_a_mapping(tmp_path: Path) -> None:
     [found] = problems(webhook_file(tmp_path, "headers: [X-Source]\n"))
     assert found == (
         "6: webhooks[0].headers: not a mapping (a list; valid: names mapped to values)"
+    )
+
+
+def test_header_text_written_where_a_mapping_belongs_is_not_shown(tmp_path: Path) -> None:
+    [found] = problems(webhook_file(tmp_path, "headers: 'Authorization: Bearer tok-9f8e7d'\n"))
+    assert found == (
+        "6: webhooks[0].headers: not a mapping (a string; valid: names mapped to values)"
     )
 
 
