@@ -57,9 +57,10 @@ def prepare_directory(path: Path) -> None:
 
 async def connect(path: Path) -> aiosqlite.Connection:
     """Open (creating if needed) and migrate the database at `path`."""
+    # These file checks block for microseconds on a local disk, once at start.
     prepare_directory(path)
     check_file(path)
-    created = not path.exists()
+    created = not path.exists()  # noqa: ASYNC240
     try:
         conn = await aiosqlite.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
@@ -92,9 +93,12 @@ async def _inspect(conn: aiosqlite.Connection, path: Path) -> int:
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         version = await scalar(conn, "PRAGMA user_version")
-        tables = {row[0] for row in await conn.execute_fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table'"
-        )}
+        tables = {
+            row[0]
+            for row in await conn.execute_fetchall(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        }
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path}: unreadable database ({exc}); refusing to touch it") from exc
     if version == 0 and tables - {"sqlite_sequence"}:
@@ -120,7 +124,8 @@ async def _apply(conn: aiosqlite.Connection, number: int) -> None:
     script = resources.files("dispatcher").joinpath(MIGRATIONS[number - 1]).read_text()
     # executescript commits on its own, so the version bump travels inside the script
     # to keep the migration and its number one atomic step.
-    await conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    bump = f"PRAGMA user_version = {number};"
+    await conn.executescript(f"BEGIN IMMEDIATE;\n{script}\n{bump}\nCOMMIT;")
 
 
 async def scalar(conn: aiosqlite.Connection, sql: str, params: tuple[object, ...] = ()) -> int:

@@ -105,8 +105,10 @@ async def main(directory: Path | None) -> int:
         await receiver.stop()
     print(f"\nreceiver got: {json.dumps(receiver.received, sort_keys=True)}")
     print(f"configuration: {config_path}")
-    print(f"database:      {config.database}   (try: sqlite3 {config.database} "
-          "'select * from event_log')")
+    print(
+        f"database:      {config.database}   (try: sqlite3 {config.database} "
+        "'select * from event_log')"
+    )
     return 0
 
 

@@ -8,7 +8,6 @@ endpoints together. A slow or hanging endpoint only ever occupies its own worker
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime

@@ -140,9 +140,12 @@ class Engine:
     def _starving(self) -> bool:
         """Whether some endpoint has room but nothing due: then it is worth fanning out."""
         now = self.now()
-        return any(
-            e.room > 0 and (e.due_at is None or e.due_at > now) for e in self.endpoints.values()
-        ) or not self.endpoints
+        return (
+            any(
+                e.room > 0 and (e.due_at is None or e.due_at > now) for e in self.endpoints.values()
+            )
+            or not self.endpoints
+        )
 
     async def _notice_changes(self) -> None:
         loop_time = asyncio.get_running_loop().time()

@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import uuid
+from collections.abc import Callable
 
 import structlog
 
@@ -91,7 +92,7 @@ async def _run(config: Config, engine: Engine, until_idle: bool) -> None:
     log.info("daemon_stopped")
 
 
-def _stopper(stop: asyncio.Event, signum: int) -> object:
+def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:
     def handler() -> None:
         if not stop.is_set():
             log.info("shutdown_requested", signal=signal.Signals(signum).name)

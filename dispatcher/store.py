@@ -207,8 +207,9 @@ class Store:
         abandoned; otherwise only expired leases of other processes are.
         """
         stamp = clock.iso(now)
+        params: tuple[str, ...] = ()
         if every_owner:
-            where, params = "state = 'in_flight'", ()
+            where = "state = 'in_flight'"
         else:
             where = "state = 'in_flight' AND lease_expires_at < ? AND lease_owner != ?"
             params = (stamp, self.owner)
@@ -272,8 +273,7 @@ class Store:
     async def next_due(self, webhook: str) -> datetime | None:
         """When this webhook's earliest pending delivery falls due, if it has any."""
         rows = await self._read(
-            "SELECT min(next_attempt_at) FROM deliveries"
-            " WHERE state = 'pending' AND webhook = ?",
+            "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending' AND webhook = ?",
             (webhook,),
         )
         value = rows[0][0] if rows else None
@@ -297,8 +297,7 @@ class Store:
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = await self._read(
-                "SELECT id, type, store_id, payload, created_at FROM events"
-                f" WHERE id IN ({marks})",
+                f"SELECT id, type, store_id, payload, created_at FROM events WHERE id IN ({marks})",
                 chunk,
             )
             found.extend(EventRow(*row) for row in rows)

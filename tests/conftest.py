@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -92,9 +93,7 @@ def webhook(name: str, url: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "url": url, "events": ["*"], "stores": ["*"], **extra}
 
 
-def write_config(
-    folder: Path, webhooks: list[dict[str, Any]], **sections: Any
-) -> Path:
+def write_config(folder: Path, webhooks: list[dict[str, Any]], **sections: Any) -> Path:
     """A configuration for tests: loopback allowed, plain HTTP allowed, fast retries."""
     document: dict[str, Any] = {
         "database": str(folder / "dispatcher.db"),
@@ -118,8 +117,6 @@ def insert_event(
     db: Path, type_: str = "order.created", store_id: str = "store-1", payload: str = "{}"
 ) -> str:
     """Enqueue the way a producer does: plain SQL, defaults fill id and created_at."""
-    import sqlite3
-
     with sqlite3.connect(db) as conn:
         row = conn.execute(
             "INSERT INTO events (type, store_id, payload) VALUES (?, ?, ?) RETURNING id",
@@ -129,7 +126,5 @@ def insert_event(
 
 
 def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    import sqlite3
-
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, params).fetchall()

@@ -6,9 +6,11 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from dispatcher.events import EVENT_TYPES
+from dispatcher.producer import enqueue
 from tests.conftest import Receiver, insert_event, query, webhook, write_config
 from tests.helpers import drain, prepare, running
 
@@ -25,8 +27,10 @@ async def test_every_event_type_is_delivered_with_its_envelope(
     messages = [c.message for c in receiver.received]
     assert {m["type"] for m in messages} == set(EVENT_TYPES)
     assert {m["id"] for m in messages} == ids
-    assert all(m["store_id"] == "store-1" and set(m) == {"id", "type", "timestamp",
-               "store_id", "data"} for m in messages)
+    assert all(
+        m["store_id"] == "store-1" and set(m) == {"id", "type", "timestamp", "store_id", "data"}
+        for m in messages
+    )
     states = query(config.database, "SELECT state, count(*) FROM deliveries GROUP BY state")
     assert states == [("succeeded", 12)]
 
@@ -49,8 +53,7 @@ async def test_only_subscribed_event_types_are_delivered(
         insert_event(config.database, type_)
     await drain(config)
     got = sorted(c.message["type"] for c in receiver.received)
-    assert got == sorted(["order.shipped", "product.created", "product.updated",
-                          "product.deleted"])
+    assert got == sorted(["order.shipped", "product.created", "product.updated", "product.deleted"])
 
 
 async def test_one_event_fans_out_to_every_matching_webhook(
@@ -77,8 +80,9 @@ async def test_retry_then_success_keeps_the_event_id(tmp_path: Path, receiver: R
     event_id = insert_event(config.database)
     await drain(config)
     assert [c.headers["webhook-id"] for c in receiver.received] == [event_id] * 3
-    rows = query(config.database, "SELECT number, status_code, error_kind FROM attempts"
-                 " ORDER BY number")
+    rows = query(
+        config.database, "SELECT number, status_code, error_kind FROM attempts ORDER BY number"
+    )
     assert rows == [(1, 500, "http_status"), (2, 502, "http_status"), (3, 200, None)]
     assert query(config.database, "SELECT state, attempts FROM deliveries") == [("succeeded", 3)]
 
@@ -94,8 +98,9 @@ async def test_delivery_fails_after_exactly_four_attempts(
     event_id = insert_event(config.database)
     await drain(config)
     assert len(receiver.received) == 4
-    log = query(config.database, "SELECT event_id, webhook, state, attempts, last_error"
-                " FROM event_log")
+    log = query(
+        config.database, "SELECT event_id, webhook, state, attempts, last_error FROM event_log"
+    )
     assert log == [(event_id, "d", "failed", 4, "HTTP 500")]
     excerpts = query(config.database, "SELECT response_excerpt FROM attempts")
     assert excerpts == [("database down",)] * 4
@@ -129,8 +134,9 @@ async def test_a_hanging_endpoint_is_recorded_as_a_timeout(
     config = await prepare(write_config(tmp_path, hooks, retry={"max_retries": 0}))
     insert_event(config.database)
     await drain(config)
-    rows = query(config.database, "SELECT status_code, error_kind, error, duration_ms"
-                 " FROM attempts")
+    rows = query(
+        config.database, "SELECT status_code, error_kind, error, duration_ms FROM attempts"
+    )
     assert len(rows) == 1
     status, kind, error, duration = rows[0]
     assert (status, kind, error) == (None, "timeout", "timed out after 0.3s")
@@ -160,3 +166,28 @@ async def test_headers_follow_standard_webhooks(tmp_path: Path, receiver: Receiv
     assert headers["User-Agent"].startswith("webhook-dispatcher/")
     assert headers["webhook-timestamp"].isdigit()
     assert "webhook-signature" not in headers
+
+
+async def test_the_python_producer_helper_enqueues_a_deliverable_event(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = await prepare(write_config(tmp_path, [webhook("p", receiver.url())]))
+    event_id = enqueue(config.database, "product.updated", "store-3", {"sku": "A-1", "qty": 2})
+    await drain(config)
+    message = receiver.received[0].message
+    assert (message["id"], message["type"], message["store_id"]) == (
+        event_id,
+        "product.updated",
+        "store-3",
+    )
+    assert message["data"] == {"sku": "A-1", "qty": 2}
+
+
+def test_the_python_producer_helper_refuses_what_the_daemon_would_reject(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown event type"):
+        enqueue(tmp_path / "x.db", "order.creatd", "s", {})
+    with pytest.raises(ValueError, match="store_id"):
+        enqueue(tmp_path / "x.db", "order.created", " ", {})
+    with pytest.raises(ValueError, match="Out of range float"):
+        enqueue(tmp_path / "x.db", "order.created", "s", {"x": float("nan")})
+    assert not (tmp_path / "x.db").exists()

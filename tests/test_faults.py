@@ -31,8 +31,14 @@ def _bulk_insert(db: Path, count: int) -> None:
 
 async def _start_daemon(config_path: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dispatcher", "run", "-c", str(config_path),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "dispatcher",
+        "run",
+        "-c",
+        str(config_path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -109,8 +115,9 @@ async def test_sigterm_records_every_answered_attempt_and_exits_within_grace(
         " WHERE a.status_code = 200",
     )
     assert {r[0] for r in recorded} == set(answered)
-    assert query(config.database, "SELECT count(*) FROM deliveries WHERE state = 'in_flight'") \
-        == [(0,)]
+    assert query(config.database, "SELECT count(*) FROM deliveries WHERE state = 'in_flight'") == [
+        (0,)
+    ]
     pending = query(config.database, "SELECT count(*) FROM deliveries WHERE state = 'pending'")
     assert pending[0][0] == 200 - len(answered)
 
@@ -157,7 +164,8 @@ async def test_a_retry_schedule_survives_a_restart(tmp_path: Path, receiver: Rec
         await receiver.wait_for(1)
         await _until(
             lambda: query(config.database, "SELECT attempts FROM deliveries") == [(1,)],
-            10, "the attempt recorded",
+            10,
+            "the attempt recorded",
         )
     (due,) = query(config.database, "SELECT next_attempt_at FROM deliveries")[0]
     async with running(config):
@@ -226,8 +234,14 @@ async def test_run_refuses_a_foreign_database_with_one_line_and_exit_1(tmp_path:
     with sqlite3.connect(tmp_path / "dispatcher.db") as conn:
         conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dispatcher", "run", "-c", str(config_path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "dispatcher",
+        "run",
+        "-c",
+        str(config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
