@@ -25,11 +25,15 @@ def backoff_delay(retry_number: int, policy: RetryConfig, jitter_draw: float) ->
     deliveries failing together do not retry together. When the schedule is shorter than
     the retry budget its last delay repeats.
     """
+    if retry_number < 1:
+        raise ValueError(f"retry numbers start at 1, got {retry_number}")
     base = policy.backoff[min(retry_number, len(policy.backoff)) - 1]
     return base * (1.0 + policy.jitter * max(-1.0, min(1.0, jitter_draw)))
 
 
-def decide(
+# The engine calls this with six positional arguments. They should become keyword-only,
+# which has to wait until that call site names them.
+def decide(  # noqa: PLR0917
     budget_used: int,
     succeeded: bool,
     retry_after: float | None,

@@ -1,0 +1,92 @@
+"""The daemon as a process: systemd notification, start-up warnings, refusal to start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from dispatcher.signing import generate_secret
+from tests.conftest import Receiver, webhook, write_config
+
+
+async def _daemon(config: Path, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatcher",
+        "run",
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+async def _started(daemon: asyncio.subprocess.Process) -> list[str]:
+    """Read the daemon's log lines until it reports having started; return them."""
+    assert daemon.stderr is not None
+    lines: list[str] = []
+    while not any('"daemon_started"' in line for line in lines):
+        line = await asyncio.wait_for(daemon.stderr.readline(), 20)
+        assert line, f"the daemon ended before starting: {lines}"
+        lines.append(line.decode())
+    return lines
+
+
+async def test_ready_and_stopping_are_sent_to_systemd(tmp_path: Path, receiver: Receiver) -> None:
+    config = write_config(tmp_path, [webhook("w", receiver.url())])
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    daemon = await _daemon(config, {**os.environ, "NOTIFY_SOCKET": address})
+    try:
+        ready = await asyncio.wait_for(loop.sock_recv(sock, 256), 20)
+        assert ready == b"READY=1"
+        daemon.send_signal(signal.SIGTERM)
+        stopping = await asyncio.wait_for(loop.sock_recv(sock, 256), 20)
+        assert stopping == b"STOPPING=1"
+        assert await asyncio.wait_for(daemon.wait(), 20) == 0
+    finally:
+        sock.close()
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+
+
+async def test_a_literal_secret_in_a_world_readable_config_draws_a_warning(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    secret = generate_secret()
+    config = write_config(tmp_path, [webhook("w", receiver.url(), secret=secret)])
+    config.chmod(0o644)
+    daemon = await _daemon(config)
+    early = "".join(await _started(daemon))
+    daemon.send_signal(signal.SIGTERM)
+    _, rest = await asyncio.wait_for(daemon.communicate(), 20)
+    err = early.encode() + rest
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    warnings = [line for line in lines if line["event"] == "config_secrets_readable"]
+    assert len(warnings) == 1
+    assert warnings[0]["mode"] == "0o644"
+    assert secret not in err.decode()
+
+
+async def test_an_owner_only_config_draws_no_warning(tmp_path: Path, receiver: Receiver) -> None:
+    config = write_config(tmp_path, [webhook("w", receiver.url(), secret=generate_secret())])
+    config.chmod(0o600)
+    daemon = await _daemon(config)
+    early = "".join(await _started(daemon))
+    daemon.send_signal(signal.SIGTERM)
+    _, rest = await asyncio.wait_for(daemon.communicate(), 20)
+    err = early.encode() + rest
+    assert daemon.returncode == 0
+    assert "config_secrets_readable" not in err.decode()
+    assert "daemon_started" in err.decode()
