@@ -92,7 +92,7 @@ class RetryConfig:
 
 @dataclass(frozen=True)
 class QueueConfig:
-    poll_interval: float = 0.05
+    poll_interval: float = 0.01
     batch_size: int = 500
     max_payload_bytes: int = 262144
 
