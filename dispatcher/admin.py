@@ -145,7 +145,8 @@ async def event_log(
         raise UsageError(f"--status: unknown status {status!r} (valid: {valid})")
     if limit < 1:
         raise UsageError(f"--limit: must be at least 1, got {limit}")
-    parts, params = [], []
+    parts: list[str] = []
+    params: list[object] = []
     if status is None or status in DELIVERY_STATES:
         where, values = _filters(("webhook", webhook), ("state", status))
         parts.append(
@@ -168,7 +169,8 @@ async def event_log(
 
 
 def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[object] = []
     for column, value in pairs:
         if value is None:
             continue

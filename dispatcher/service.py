@@ -8,13 +8,13 @@ import signal
 import socket
 import stat
 import uuid
-from collections.abc import Callable
 
 import structlog
 
 from dispatcher import __version__, database
-from dispatcher.config import Config
+from dispatcher.config import Config, load_config
 from dispatcher.engine import Engine
+from dispatcher.errors import ConfigError
 from dispatcher.sender import Sender
 from dispatcher.store import Store
 
@@ -53,7 +53,11 @@ def warn_if_readable_secrets(config: Config) -> None:
 
 
 async def serve(config: Config, *, until_idle: bool = False) -> None:
-    """Run the daemon until SIGTERM or SIGINT (or until idle), then drain and return."""
+    """Run the daemon until SIGTERM or SIGINT (or until idle), then drain and return.
+
+    SIGHUP reloads the configuration: a valid new one replaces the engine after the old
+    one has drained like at shutdown; an invalid one is logged and the old one kept.
+    """
     lock = database.DaemonLock(config.database)
     database.prepare_directory(config.database)
     lock.acquire()
@@ -61,22 +65,42 @@ async def serve(config: Config, *, until_idle: bool = False) -> None:
         warn_if_readable_secrets(config)
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         store = await Store.open(config.database, owner)
-        sender = Sender(config.http)
         try:
-            await sender.start()
-            await _run(config, Engine(config, store, sender), until_idle)
+            await _supervise(config, store, until_idle)
         finally:
-            await sender.close()
             await store.close()
     finally:
         lock.release()
 
 
-async def _run(config: Config, engine: Engine, until_idle: bool) -> None:
-    stop = asyncio.Event()
+class _Signals:
+    """What the process has been asked to do; each request also ends the current engine."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.reload = False
+        self.engine_stop = asyncio.Event()
+
+    def request_stop(self, signum: int) -> None:
+        if not self.stop:
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
+        self.stop = True
+        self.engine_stop.set()
+
+    def request_reload(self) -> None:
+        log.info("reload_requested")
+        sd_notify("RELOADING=1")
+        self.reload = True
+        self.engine_stop.set()
+
+
+async def _supervise(config: Config, store: Store, until_idle: bool) -> None:
+    signals = _Signals()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _stopper(stop, signum))
+        loop.add_signal_handler(signum, signals.request_stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, signals.request_reload)
     log.info(
         "daemon_started",
         version=__version__,
@@ -85,18 +109,42 @@ async def _run(config: Config, engine: Engine, until_idle: bool) -> None:
     )
     sd_notify("READY=1")
     try:
-        await engine.run(stop, until_idle=until_idle)
+        while True:
+            await _run_engine(config, store, signals.engine_stop, until_idle)
+            if not signals.reload or signals.stop:
+                break
+            config = _reloaded(config)
+            signals.reload = False
+            signals.engine_stop.clear()
+            sd_notify("READY=1")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     log.info("daemon_stopped")
 
 
-def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:
-    def handler() -> None:
-        if not stop.is_set():
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
-            sd_notify("STOPPING=1")
-        stop.set()
+async def _run_engine(config: Config, store: Store, stop: asyncio.Event, until_idle: bool) -> None:
+    sender = Sender(config.http)
+    try:
+        await sender.start()
+        await Engine(config, store, sender).run(stop, until_idle=until_idle)
+    finally:
+        await sender.close()
 
-    return handler
+
+def _reloaded(current: Config) -> Config:
+    """The configuration file read again, or `current` when the new one is not usable."""
+    try:
+        fresh = load_config(current.path)
+    except ConfigError as exc:
+        log.error("config_reload_failed", problems=exc.problems)
+        return current
+    if fresh.database != current.database:
+        log.error(
+            "config_reload_failed",
+            problems=[f"database: changing the database needs a restart ({fresh.database})"],
+        )
+        return current
+    warn_if_readable_secrets(fresh)
+    log.info("config_reloaded", webhooks=len(fresh.webhooks))
+    return fresh

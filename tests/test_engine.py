@@ -139,7 +139,8 @@ async def test_a_hanging_endpoint_is_recorded_as_a_timeout(
     )
     assert len(rows) == 1
     status, kind, error, duration = rows[0]
-    assert (status, kind, error) == (None, "timeout", "timed out after 0.3s")
+    assert (status, kind) == (None, "timeout")
+    assert "0.3s" in error
     assert 250 <= duration < 2000
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from dispatcher.signing import generate_secret
-from tests.conftest import Receiver, webhook, write_config
+from tests.conftest import Receiver, insert_event, query, webhook, write_config
 
 
 async def _daemon(config: Path, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
@@ -90,3 +90,43 @@ async def test_an_owner_only_config_draws_no_warning(tmp_path: Path, receiver: R
     assert daemon.returncode == 0
     assert "config_secrets_readable" not in err.decode()
     assert "daemon_started" in err.decode()
+
+
+async def test_sighup_reloads_the_webhooks_and_keeps_running(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = write_config(tmp_path, [webhook("first", receiver.url("/first"))])
+    daemon = await _daemon(config)
+    await _started(daemon)
+    write_config(tmp_path, [webhook("second", receiver.url("/second"))])
+    daemon.send_signal(signal.SIGHUP)
+    assert daemon.stderr is not None
+    while b"config_reloaded" not in await asyncio.wait_for(daemon.stderr.readline(), 20):
+        pass
+    insert_event(tmp_path / "dispatcher.db")
+    await receiver.wait_for(1)
+    assert [c.path for c in receiver.received] == ["/second"]
+    active = query(tmp_path / "dispatcher.db", "SELECT name, active FROM webhooks ORDER BY name")
+    assert active == [("first", 0), ("second", 1)]
+    daemon.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(daemon.wait(), 20) == 0
+
+
+async def test_sighup_with_a_broken_config_keeps_the_old_one(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = write_config(tmp_path, [webhook("first", receiver.url("/first"))])
+    daemon = await _daemon(config)
+    await _started(daemon)
+    config.write_text(config.read_text().replace("'*'", "'order.creatd'", 1))
+    daemon.send_signal(signal.SIGHUP)
+    assert daemon.stderr is not None
+    line = b""
+    while b"config_reload_failed" not in line:
+        line = await asyncio.wait_for(daemon.stderr.readline(), 20)
+    assert b"order.creatd" in line
+    insert_event(tmp_path / "dispatcher.db")
+    await receiver.wait_for(1)
+    assert [c.path for c in receiver.received] == ["/first"]
+    daemon.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(daemon.wait(), 20) == 0

@@ -1,0 +1,89 @@
+"""The command line: pick scenarios, run them against one receiver, print and save results."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.processes import ReceiverProcess
+from benchmarks.scenarios import FULL, SCENARIOS, SMALL, Context
+
+CACHE = Path(__file__).resolve().parent / "results" / "cache"
+# The receiver exits on its own after this long, should the harness die without stopping it.
+RECEIVER_LIFETIME = 4 * 3600.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="Measure the daemon against a local receiver."
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        help="run this scenario (repeatable; default: all). Scenarios a ratio needs run too.",
+    )
+    parser.add_argument("--small", action="store_true", help="a few hundred events each")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--workdir", type=Path, help="keep databases and logs here")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where big databases live")
+    return parser
+
+
+def selection(wanted: Sequence[str] | None) -> list[str]:
+    """The scenarios to run in their fixed order, with the ones their ratios refer to."""
+    chosen = set(wanted or SCENARIOS)
+    # Two passes reach the deepest chain (fan-out -> throughput -> ceiling).
+    for _ in range(len(SCENARIOS)):
+        chosen |= {need for name in chosen for need in SCENARIOS[name][1]}
+    return [name for name in SCENARIOS if name in chosen]
+
+
+@contextlib.contextmanager
+def _workdir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="dispatcher-bench-") as folder:
+        yield Path(folder)
+
+
+def run(names: list[str], ctx: Context) -> list[report.Result]:
+    results = []
+    for name in names:
+        scenario, _ = SCENARIOS[name]
+        started = time.monotonic()
+        try:
+            result = scenario(ctx)
+        # One scenario failing must not hide the figures of the others.
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc(file=sys.stderr)
+            result = report.Result(name, error=f"{type(exc).__name__}: {exc}")
+        result.seconds = time.monotonic() - started
+        ctx.done[name] = result
+        results.append(result)
+        print(report.figures_text(result), flush=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    names = selection(args.scenario)
+    facts = report.machine()
+    print(", ".join(f"{key} {value}" for key, value in facts.items()), flush=True)
+    with _workdir(args.workdir) as folder, ReceiverProcess(RECEIVER_LIFETIME) as receiver:
+        ctx = Context(SMALL if args.small else FULL, folder, args.cache, receiver)
+        results = run(names, ctx)
+    print()
+    print(report.table(results))
+    if args.json:
+        report.write_json(args.json, facts, args.small, results)
+    return 1 if any(r.error for r in results) else 0
