@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.processes import ReceiverProcess
 from benchmarks.scenarios import FULL, SCENARIOS, SMALL, Context
+from dispatcher import logs
 
 CACHE = Path(__file__).resolve().parent / "results" / "cache"
 # The receiver exits on its own after this long, should the harness die without stopping it.
@@ -61,13 +63,16 @@ def run(names: list[str], ctx: Context) -> list[report.Result]:
     for name in names:
         scenario, _ = SCENARIOS[name]
         started = time.monotonic()
+        # Other work on the machine skews every figure; the load says whether there was any.
+        load = os.getloadavg()[0]
         try:
             result = scenario(ctx)
         # One scenario failing must not hide the figures of the others.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             result = report.Result(name, error=f"{type(exc).__name__}: {exc}")
         result.seconds = time.monotonic() - started
+        result.notes.append(f"load average (1 min) before: {load:.2f}")
         ctx.done[name] = result
         results.append(result)
         print(report.figures_text(result), flush=True)
@@ -76,6 +81,9 @@ def run(names: list[str], ctx: Context) -> list[report.Result]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # The harness creates databases with the daemon's own code; its routine log lines
+    # would only interleave with the figures.
+    logs.configure("warning", "json", sys.stderr)
     names = selection(args.scenario)
     facts = report.machine()
     print(", ".join(f"{key} {value}" for key, value in facts.items()), flush=True)

@@ -19,6 +19,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+# The harness's helpers run as `python -m benchmarks.<module>` from the project folder,
+# which need not be the caller's working directory.
+PROJECT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT = 30.0
 RECEIVER_START_TIMEOUT = 15.0
 LOG_TAIL_BYTES = 2000
@@ -53,6 +56,7 @@ class ReceiverProcess:
             [sys.executable, "-m", "benchmarks.receiver", "--max-seconds", str(self._max_seconds)],
             stdout=subprocess.PIPE,
             text=True,
+            cwd=PROJECT,
         )
         self.port = self._read_port(self._proc)
 

@@ -36,11 +36,14 @@ class Check:
         return self.ratio >= self.bound if self.at_least else self.ratio <= self.bound
 
 
-def at_least(
-    figure: str, value: float, unit: str, reference: float | None, bound: float, of: str
+def rate_at_least(
+    figure: str, value: float, reference: tuple[str, float | None], bound: float
 ) -> Check:
-    ratio = value / reference if reference else None
-    return Check(figure, value, unit, f">= {bound:.2f} x {of}", ratio, bound, at_least=True)
+    """A rate judged against another scenario's rate (`reference`: its name and figure,
+    None when that scenario did not run or failed)."""
+    name, base = reference
+    ratio = value / base if base else None
+    return Check(figure, value, "/s", f">= {bound:.2f} x {name}", ratio, bound, at_least=True)
 
 
 def at_most(figure: str, value: float, unit: str, limit: float) -> Check:
@@ -109,15 +112,17 @@ def table(results: list[Result]) -> str:
             value = _number(check.value, check.unit)
             rows.append((result.scenario, check.figure, value, check.target, ratio, _met(check)))
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in
-             (header, tuple("-" * w for w in widths), *rows)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in (header, tuple("-" * w for w in widths), *rows)
+    ]
     return "\n".join(line.rstrip() for line in lines)
 
 
 def figures_text(result: Result) -> str:
     if result.error:
         return f"[{result.scenario}] failed: {result.error}"
-    parts = ", ".join(f"{name} {value:,.4g}" for name, value in result.figures.items())
+    parts = ", ".join(f"{name} {_number(value, '')}" for name, value in result.figures.items())
     notes = "".join(f"\n    {note}" for note in result.notes)
     return f"[{result.scenario}] {parts} ({result.seconds:.1f}s){notes}"
 

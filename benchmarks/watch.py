@@ -32,12 +32,10 @@ class Watch:
         self.close()
 
     def succeeded(self, webhook: str | None = None) -> int:
+        sql = "SELECT count(*) FROM deliveries WHERE state = 'succeeded'"
         if webhook is None:
-            sql, params = "SELECT count(*) FROM deliveries WHERE state = 'succeeded'", ()
-        else:
-            sql = "SELECT count(*) FROM deliveries WHERE state = 'succeeded' AND webhook = ?"
-            params = (webhook,)
-        return int(self._conn.execute(sql, params).fetchone()[0])
+            return int(self._conn.execute(sql).fetchone()[0])
+        return int(self._conn.execute(sql + " AND webhook = ?", (webhook,)).fetchone()[0])
 
     def rows(self, table: str) -> int:
         return int(self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

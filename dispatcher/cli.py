@@ -29,8 +29,9 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_CONFIG = "/etc/webhook-dispatcher/config.yaml"
-WITH_JSON = frozenset({"check-config", "events", "attempts", "status", "enqueue", "redeliver",
-                       "prune"})  # fmt: skip
+WITH_JSON = frozenset(
+    {"check-config", "events", "attempts", "status", "enqueue", "redeliver", "prune"}
+)
 
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], int]
@@ -75,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(args: argparse.Namespace, exc: Exception, code: int, kind: str = "") -> int:
     if args.debug:
         traceback.print_exception(exc)
-    print(f"error: {kind}{exc}", file=sys.stderr)
+    # A message quoting a database value or a peer's answer may span lines; keep it to one.
+    message = " ".join(str(exc).splitlines())
+    print(f"error: {kind}{message}", file=sys.stderr)
     return code
 
 
@@ -283,19 +286,21 @@ def _redeliver(args: argparse.Namespace) -> int:
 
 def _moment(flag: str, text: str | None, now: datetime) -> datetime | None:
     """An ISO 8601 time, taken as UTC when it names no zone (every stored time is UTC), or a
-    duration before `now`."""
+    duration before `now`. The time is tried first, so that a compact date like 20260131
+    is never read as that many seconds."""
     if text is None:
         return None
     try:
-        return now - timedelta(seconds=parse_duration(text))
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         pass
+    else:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return now - timedelta(seconds=parse_duration(text))
     except ValueError as exc:
         valid = "an ISO 8601 time like 2026-01-31T12:00:00Z, or a duration ago like 2h"
         raise admin.UsageError(f"{flag}: not a time: {text!r} (valid: {valid})") from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -7,8 +7,6 @@ end up in terminals and journals.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -17,15 +15,13 @@ from urllib.parse import urlsplit
 
 from yaml.nodes import MappingNode, Node
 
+from dispatcher import signing
 from dispatcher.configparse import Problems, Section, to_datetime, to_text
 
 SigningKey = tuple[bytes, datetime | None]
 
 SECRET_KEYS = ("secret", "secrets", "secret_file")
-_WHSEC_PREFIX = "whsec_"
 _WHSEC_RULE = "24 to 64 random bytes, base64 after 'whsec_'"
-_SECRET_MIN_BYTES = 24
-_SECRET_MAX_BYTES = 64
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _URL_RULE = "an absolute https:// URL with a host"
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -56,14 +52,10 @@ class WebhookContext:
 
 def decode_secret(text: str) -> bytes | None:
     """The HMAC key in a `whsec_<base64>` secret, or None when `text` is not one."""
-    text = text.strip()
-    if not text.startswith(_WHSEC_PREFIX):
-        return None
     try:
-        key = base64.b64decode(text.removeprefix(_WHSEC_PREFIX), validate=True)
-    except binascii.Error:
+        return signing.decode_secret(text.strip())
+    except ValueError:
         return None
-    return key if _SECRET_MIN_BYTES <= len(key) <= _SECRET_MAX_BYTES else None
 
 
 def endpoint_url(section: Section, allow_http: bool) -> str:
@@ -88,6 +80,9 @@ def _url_problem(text: str, allow_http: bool) -> str | None:
         return f"not a valid URL ({text!r}: {exc}; valid: {_URL_RULE})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"not an absolute http(s) URL with a host ({text!r}; valid: {_URL_RULE})"
+    if parts.username is not None or parts.password is not None:
+        hint = "put credentials in headers:, e.g. Authorization, from ${ENV}"
+        return f"holds credentials before the host (valid: a URL without user:password@; {hint})"
     if parts.scheme == "http" and not allow_http:
         allow = "or set allow_http: true on this webhook, or http.allow_http: true for all"
         return f"plain http:// is refused ({text!r}; valid: https://, {allow})"

@@ -206,16 +206,18 @@ async def _read_excerpt(
 
 
 def _hidden_values(webhook: WebhookConfig) -> tuple[str, ...]:
-    """The configured header values that must not reach the database through an answer.
+    """The configured header values, and each word of them, that must not reach the database
+    through an answer.
 
     A receiver that echoes the request (a debugging endpoint, an error page quoting the
-    Authorization header) would otherwise put a credential into `response_excerpt`. Values
-    shorter than MIN_HIDDEN_VALUE are too short to be credentials, and hiding them would
-    only blank out ordinary words of the answer.
+    Authorization header or just its token) would otherwise put a credential into
+    `response_excerpt`. Anything shorter than MIN_HIDDEN_VALUE is too short to be a
+    credential, and hiding it would only blank out ordinary words of the answer.
     """
-    values = {value for _, value in webhook.headers if len(value) >= MIN_HIDDEN_VALUE}
+    values = {part for _, value in webhook.headers for part in (value, *value.split())}
+    kept = [value for value in values if len(value) >= MIN_HIDDEN_VALUE]
     # Longest first, so that a value holding another one is replaced whole.
-    return tuple(sorted(values, key=len, reverse=True))
+    return tuple(sorted(kept, key=len, reverse=True))
 
 
 def _hide(text: str, hidden: tuple[str, ...]) -> str:

@@ -8,8 +8,12 @@ import hmac
 import secrets as random_source
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from dispatcher.config import Secret
+if TYPE_CHECKING:
+    # Only for annotations: config.py reads secrets through decode_secret below, so a
+    # runtime import here would be circular.
+    from dispatcher.config import Secret
 
 # The marker of the serialised form the specification names, not a credential.
 SECRET_PREFIX = "whsec_"  # noqa: S105

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import aiosqlite
 
@@ -201,7 +202,7 @@ class Store:
         rows = [
             (
                 w.name,
-                w.url,
+                _without_query(w.url),
                 json.dumps(sorted(w.events)),
                 json.dumps(sorted(w.stores)),
                 w.max_in_flight,
@@ -376,3 +377,9 @@ class Store:
             )
 
         await self._write(body)
+
+
+def _without_query(url: str) -> str:
+    """The URL as shown to operators: a query string may carry a token, so it is elided."""
+    parts = urlsplit(url)
+    return parts._replace(query="…").geturl() if parts.query else url

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -35,8 +36,8 @@ class Result:
         return json.loads(self.out)
 
 
-async def run_cli(*args: str | Path, timeout: float = 30.0) -> Result:
-    """Run `python -m dispatcher ARGS` to completion."""
+async def run_cli(*args: str | Path, timeout: float = 30.0, **env: str) -> Result:
+    """Run `python -m dispatcher ARGS` to completion, with `env` added to the environment."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -44,6 +45,7 @@ async def run_cli(*args: str | Path, timeout: float = 30.0) -> Result:
         *map(str, args),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
@@ -162,7 +164,9 @@ async def test_enqueue_prints_the_id_of_the_row_it_inserted(tmp_path: Path) -> N
     )
     assert (result.code, result.err) == (0, "")
     event_id = result.out.strip()
-    rows = query(tmp_path / "dispatcher.db", "SELECT id, type, store_id, payload, state FROM events")
+    rows = query(
+        tmp_path / "dispatcher.db", "SELECT id, type, store_id, payload, state FROM events"
+    )
     assert rows == [(event_id, "order.created", "s-1", data, "queued")]
 
 
@@ -210,7 +214,8 @@ async def test_bad_enqueue_arguments_give_one_line_and_exit_2(
 
 async def test_enqueue_refuses_an_id_that_exists_already(tmp_path: Path) -> None:
     config = write_config(tmp_path, [webhook("erp", "http://127.0.0.1:1/h")])
-    args = ["enqueue", "-c", config, "--type", "order.created", "--store", "s", "--data", "{}"]
+    args: list[str | Path] = ["enqueue", "-c", config, "--type", "order.created", "--store", "s"]
+    args += ["--data", "{}"]
     assert (await run_cli(*args, "--id", "evt_1")).code == 0
     again = await run_cli(*args, "--id", "evt_1")
     assert again.code == 2
@@ -307,8 +312,10 @@ async def test_events_attempts_and_status_report_a_real_delivery_as_tables_and_j
     try:
         event_id = insert_event(db, "order.created", "store-1", '{"n": 1}')
         await wait_until(
-            lambda: query(db, "SELECT state FROM deliveries ORDER BY webhook")
-            == [("failed",), ("succeeded",)]
+            lambda: (
+                query(db, "SELECT state FROM deliveries ORDER BY webhook")
+                == [("failed",), ("succeeded",)]
+            )
         )
     finally:
         assert await daemon.stop() == 0
@@ -323,9 +330,7 @@ async def test_events_attempts_and_status_report_a_real_delivery_as_tables_and_j
     ]
     assert lines[1].endswith("HTTP 503")
     as_json = (await run_cli("events", "-c", config, "--json", "--status", "failed")).json()
-    assert [(r["event_id"], r["webhook"], r["attempts"]) for r in as_json] == [
-        (event_id, "bad", 2)
-    ]
+    assert [(r["event_id"], r["webhook"], r["attempts"]) for r in as_json] == [(event_id, "bad", 2)]
 
     attempts = await run_cli("attempts", event_id, "-c", config)
     rows = [line.split()[:5] for line in attempts.out.splitlines()[1:]]
@@ -359,7 +364,6 @@ async def test_a_second_daemon_on_the_same_database_exits_1(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     config = write_config(tmp_path, [webhook("erp", receiver.url())])
-    db = tmp_path / "dispatcher.db"
     first = Daemon(config)
     await first.start()
     try:
@@ -367,6 +371,7 @@ async def test_a_second_daemon_on_the_same_database_exits_1(
     finally:
         assert await first.stop() == 0
     assert second.code == 1
+    assert len(second.err.splitlines()) == 1
     assert second.err.strip().endswith("another webhook-dispatcher is running on this database")
 
 
@@ -400,11 +405,37 @@ async def test_redeliver_by_delivery_id_and_attempts_shows_the_manual_attempt(
     assert [(line.split()[2], line.split()[-1]) for line in lines] == [("1", "no"), ("2", "yes")]
 
 
+async def test_redeliver_reads_a_time_without_a_zone_as_utc_whatever_the_local_zone(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async def gone(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    receiver.on("/gone", gone)
+    config_path = write_config(tmp_path, [webhook("w", receiver.url("/gone"))],
+                               retry={"max_retries": 0})  # fmt: skip
+    config = await prepare(config_path)
+    with sqlite3.connect(config.database) as conn:
+        conn.executemany(
+            "INSERT INTO events (id, type, store_id, payload, created_at)"
+            " VALUES (?, 'order.created', 's', '{}', ?)",
+            [("evt_before", "2026-01-01T23:30:00.000Z"), ("evt_after", "2026-01-02T00:30:00.000Z")],
+        )
+    await drain(config)
+
+    since = "2026-01-02T00:00"
+    result = await run_cli(
+        "redeliver", "-c", config_path, "--webhook", "w", "--since", since, TZ="Asia/Tokyo"
+    )
+    assert (result.code, result.out) == (0, "1 deliveries put back in the queue\n")
+    pending = query(config.database, "SELECT event_id FROM deliveries WHERE state = 'pending'")
+    assert pending == [("evt_after",)]
+
+
 def age_events(db: Path, event_ids: list[str], days: int) -> None:
     with sqlite3.connect(db) as conn:
         conn.executemany(
-            "UPDATE events SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)"
-            " WHERE id = ?",
+            "UPDATE events SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) WHERE id = ?",
             [(f"-{days} days", event_id) for event_id in event_ids],
         )
 

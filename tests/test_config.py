@@ -920,3 +920,35 @@ def test_example_config_loads_with_its_environment(tmp_path: Path) -> None:
     assert all(webhook.secrets for webhook in config.webhooks)
     assert config.webhooks[1].headers == (("Authorization", "Bearer t0k"), ("X-Source", "shop"))
     assert config.webhooks[2].secrets[1].expires_at is not None
+
+
+def test_credentials_in_a_url_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        webhooks:
+          - name: w
+            url: https://user:pa55@hooks.example.com/x
+            events: [order.created]
+            stores: [s]
+        """,
+    )
+    (problem,) = problems(path)
+    assert "webhooks[0].url: holds credentials" in problem
+    assert "pa55" not in problem
+
+
+def test_a_secret_without_base64_padding_is_accepted(tmp_path: Path) -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 25).decode().rstrip("=")
+    path = write(
+        tmp_path,
+        f"""
+        webhooks:
+          - name: w
+            url: https://hooks.example.com/x
+            events: [order.created]
+            stores: [s]
+            secret: {secret}
+        """,
+    )
+    assert load(path).webhooks[0].secrets[0].key == b"k" * 25

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -176,7 +176,9 @@ def test_every_wait_is_the_jittered_backoff_or_the_clamped_retry_after(
     outcomes: list[tuple[bool, float | None]], policy: RetryConfig, draws: list[float]
 ) -> None:
     run = simulate(outcomes, policy, draws)
-    for retry_number, (wait, (_, retry_after)) in enumerate(zip(run.waits, outcomes), start=1):
+    # One wait per retry: there are fewer waits than outcomes.
+    pairs = zip(run.waits, outcomes, strict=False)
+    for retry_number, (wait, (_, retry_after)) in enumerate(pairs, start=1):
         base = policy.backoff[min(retry_number, len(policy.backoff)) - 1]
         asked = 0.0 if retry_after is None else min(retry_after, policy.max_retry_after)
         low = max(base * (1 - policy.jitter), asked)
