@@ -21,8 +21,12 @@ def iso(moment: datetime) -> str:
 
 
 def parse_iso(text: str) -> datetime:
-    """Read a timestamp written by `iso` or by SQLite's defaults."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    """Read a timestamp written by `iso` or by SQLite's defaults; one without a zone is
+    UTC, as every timestamp in the database is."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def later(moment: datetime, seconds: float) -> datetime:

@@ -115,17 +115,39 @@ async def _inspect(conn: aiosqlite.Connection, path: Path) -> int:
 
 
 async def _migrate(conn: aiosqlite.Connection, version: int) -> None:
-    for number in range(version + 1, schema_version() + 1):
-        await _apply(conn, number)
-        log.info("schema_migrated", version=number)
+    if version >= schema_version():
+        return
+    try:
+        await conn.execute("BEGIN IMMEDIATE")
+        # Another process (a producer's first enqueue, say) may have migrated the file
+        # while this one waited for the write lock: read the version again under it.
+        current = await scalar(conn, "PRAGMA user_version")
+        for number in range(current + 1, schema_version() + 1):
+            for statement in _statements(MIGRATIONS[number - 1]):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")
+            log.info("schema_migrated", version=number)
+        await conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise StoreError(f"cannot migrate the database: {exc}") from exc
 
 
-async def _apply(conn: aiosqlite.Connection, number: int) -> None:
-    script = resources.files("dispatcher").joinpath(MIGRATIONS[number - 1]).read_text()
-    # executescript commits on its own, so the version bump travels inside the script
-    # to keep the migration and its number one atomic step.
-    bump = f"PRAGMA user_version = {number};"
-    await conn.executescript(f"BEGIN IMMEDIATE;\n{script}\n{bump}\nCOMMIT;")
+def _statements(name: str) -> list[str]:
+    """The statements of a migration file, split where SQLite says one is complete."""
+    script = resources.files("dispatcher").joinpath(name).read_text()
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip() and not all(
+        part.strip().startswith("--") for part in current.strip().splitlines()
+    ):
+        raise StoreError(f"{name}: ends with an incomplete statement")
+    return statements
 
 
 async def scalar(conn: aiosqlite.Connection, sql: str, params: tuple[object, ...] = ()) -> int:

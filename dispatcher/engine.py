@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -212,38 +213,24 @@ class Engine:
         plan = FanOutPlan(deliveries=[], dispatched=[], rejected=[])
         for event in queued:
             try:
-                type_, body = self._validate(event)
+                type_, body = events.check_event(
+                    (event.id, event.type, event.store_id, event.payload, event.created_at),
+                    self.config.queue.max_payload_bytes,
+                )
             except ValueError as exc:
                 plan.rejected.append((str(exc), event.seq))
                 continue
+            event_id, store_id = str(event.id), str(event.store_id)
             plan.dispatched.append(event.seq)
-            matched = [w.name for w in self.config.webhooks if _matches(w, type_, event)]
-            plan.deliveries.extend((event.id, name) for name in matched)
+            matched = [
+                w.name
+                for w in self.config.webhooks
+                if events.subscribes(w.events, w.stores, type_, store_id)
+            ]
+            plan.deliveries.extend((event_id, name) for name in matched)
             if matched:
-                self._remember(event.id, CachedEvent(type_, body))
+                self._remember(event_id, CachedEvent(type_, body))
         return plan
-
-    def _validate(self, event: QueuedEvent) -> tuple[str, bytes]:
-        """Check a producer's row; raise ValueError with the reason it cannot be sent."""
-        type_, store_id, payload = event.type, event.store_id, event.payload
-        if "." in event.id:
-            # The id is signed as `{id}.{timestamp}.{body}`; a dot would make that ambiguous.
-            raise ValueError(f"event id {event.id!r} contains '.', which signed ids must not")
-        if not isinstance(type_, str) or type_ not in events.EVENT_TYPES:
-            raise ValueError(f"unknown event type {type_!r}")
-        if not isinstance(store_id, str) or not store_id.strip():
-            raise ValueError(f"store_id must be non-empty text, got {store_id!r}")
-        if not isinstance(payload, str):
-            raise ValueError("payload is a BLOB, not JSON text")
-        size = len(payload.encode("utf-8", errors="surrogatepass"))
-        limit = self.config.queue.max_payload_bytes
-        if size > limit:
-            raise ValueError(f"payload is {size} bytes, over the limit of {limit}")
-        try:
-            data = events.parse_payload(payload)
-        except ValueError as exc:
-            raise ValueError(f"payload is not a JSON object: {exc}") from exc
-        return type_, events.envelope(event.id, type_, event.created_at, store_id, data)
 
     def _remember(self, event_id: str, cached: CachedEvent) -> None:
         bodies = self._poll.bodies
@@ -269,17 +256,39 @@ class Engine:
         missing = {c.event_id for c in claimed if c.event_id not in bodies}
         if missing:
             for row in await self.store.events_by_id(missing):
-                data = events.parse_payload(row.payload)
-                body = events.envelope(row.id, row.type, row.created_at, row.store_id, data)
-                self._remember(row.id, CachedEvent(row.type, body))
+                fields = (row.id, row.type, row.store_id, row.payload, row.created_at)
+                with contextlib.suppress(ValueError):
+                    # Checked at fan-out already; the size limit may have changed since.
+                    type_, body = events.check_event(fields, sys.maxsize)
+                    self._remember(row.id, CachedEvent(type_, body))
         jobs = []
         for c in claimed:
             cached = bodies.get(c.event_id)
             if cached is None:
-                log.error("event_missing", event_id=c.event_id, delivery_id=c.delivery_id)
+                self._unsendable(c)
                 continue
             jobs.append(Job(c, cached.body, cached.type))
         return jobs
+
+    def _unsendable(self, claimed: Claimed) -> None:
+        """A claimed delivery whose event can no longer be read: fail it, with the reason,
+        rather than leave it leased for ever."""
+        log.error("event_unreadable", event_id=claimed.event_id, delivery=claimed.delivery_id)
+        self.recorder.add(
+            Outcome(
+                delivery_id=claimed.delivery_id,
+                number=claimed.number,
+                manual=claimed.manual,
+                started_at=clock.iso(self.now()),
+                duration_ms=0.0,
+                status_code=None,
+                error_kind="invalid_event",
+                error="the event row is missing or no longer valid",
+                response_excerpt=None,
+                state=retry.FAILED,
+                next_attempt_at=None,
+            )
+        )
 
     async def _attempt(self, endpoint: Endpoint, job: Job) -> None:
         async with self._global:
@@ -331,7 +340,7 @@ class Engine:
             return False
         if not all(e.idle for e in self.endpoints.values()):
             return False
-        return await self.store.unfinished_count() == 0
+        return await self.store.unfinished_count(list(self.endpoints)) == 0
 
     async def _shutdown(self) -> None:
         grace = self.config.shutdown_grace
@@ -355,10 +364,6 @@ class Engine:
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _matches(webhook: WebhookConfig, type_: str, event: QueuedEvent) -> bool:
-    return events.subscribes(webhook.events, webhook.stores, type_, str(event.store_id))
 
 
 def _log_attempt(webhook: WebhookConfig, job: Job, result: AttemptResult, outcome: Outcome) -> None:

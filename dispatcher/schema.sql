@@ -1,5 +1,5 @@
--- Schema version 1. Applied inside one transaction by store.migrate(); later versions are
--- appended to store.MIGRATIONS, never edited here once released.
+-- Schema version 1, applied in one transaction at start by database.py. Later versions
+-- go into files of their own listed in database.MIGRATIONS; this one is never edited.
 
 -- The queue. Producers insert (type, store_id, payload); the defaults fill the rest.
 -- `seq` is the rowid, so the engine reads the queue in insertion order through the

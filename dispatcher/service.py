@@ -58,19 +58,27 @@ async def serve(config: Config, *, until_idle: bool = False) -> None:
     SIGHUP reloads the configuration: a valid new one replaces the engine after the old
     one has drained like at shutdown; an invalid one is logged and the old one kept.
     """
+    # Signals first, so that a stop requested during start-up is a clean stop too.
+    signals = _Signals()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, signals.request_stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, signals.request_reload)
     lock = database.DaemonLock(config.database)
-    database.prepare_directory(config.database)
-    lock.acquire()
     try:
+        database.prepare_directory(config.database)
+        lock.acquire()
         warn_if_readable_secrets(config)
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         store = await Store.open(config.database, owner)
         try:
-            await _supervise(config, store, until_idle)
+            await _supervise(config, store, signals, until_idle)
         finally:
             await store.close()
     finally:
         lock.release()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
 
 
 class _Signals:
@@ -95,12 +103,7 @@ class _Signals:
         self.engine_stop.set()
 
 
-async def _supervise(config: Config, store: Store, until_idle: bool) -> None:
-    signals = _Signals()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, signals.request_stop, signum)
-    loop.add_signal_handler(signal.SIGHUP, signals.request_reload)
+async def _supervise(config: Config, store: Store, signals: _Signals, until_idle: bool) -> None:
     log.info(
         "daemon_started",
         version=__version__,
@@ -108,18 +111,14 @@ async def _supervise(config: Config, store: Store, until_idle: bool) -> None:
         webhooks=len(config.webhooks),
     )
     sd_notify("READY=1")
-    try:
-        while True:
-            await _run_engine(config, store, signals.engine_stop, until_idle)
-            if not signals.reload or signals.stop:
-                break
-            config = _reloaded(config)
-            signals.reload = False
-            signals.engine_stop.clear()
-            sd_notify("READY=1")
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
+    while True:
+        await _run_engine(config, store, signals.engine_stop, until_idle)
+        if not signals.reload or signals.stop:
+            break
+        config = _reloaded(config)
+        signals.reload = False
+        signals.engine_stop.clear()
+        sd_notify("READY=1")
     log.info("daemon_stopped")
 
 

@@ -28,14 +28,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class QueuedEvent:
-    """A queue row as a producer wrote it: columns may hold BLOBs, so nothing is trusted."""
+    """A queue row as a producer wrote it. A column is `str` when it held valid UTF-8
+    text and `bytes` otherwise (a BLOB, or broken text), so nothing is trusted."""
 
     seq: int
-    id: str
+    id: str | bytes
     type: str | bytes
     store_id: str | bytes
     payload: str | bytes
-    created_at: str
+    created_at: str | bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,15 @@ UPDATE deliveries
 SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, last_status_code = ?,
     lease_owner = NULL, lease_expires_at = NULL, updated_at = ?, finished_at = ?
 WHERE id = ? AND lease_owner = ?
+"""
+
+# Producers' columns are read as bytes with their storage class: TEXT that is not valid
+# UTF-8 would otherwise make the sqlite3 module fail the whole batch, and the queue stall.
+READ_QUEUE = """
+SELECT seq, CAST(id AS BLOB), typeof(id), CAST(type AS BLOB), typeof(type),
+       CAST(store_id AS BLOB), typeof(store_id), CAST(payload AS BLOB), typeof(payload),
+       CAST(created_at AS BLOB), typeof(created_at)
+FROM events WHERE state = 'queued' ORDER BY seq LIMIT ?
 """
 
 INSERT_DELIVERY = """
@@ -252,12 +262,8 @@ class Store:
         stamp = clock.iso(now)
 
         async def body(conn: aiosqlite.Connection) -> tuple[list[QueuedEvent], FanOutPlan]:
-            rows = await conn.execute_fetchall(
-                "SELECT seq, id, type, store_id, payload, created_at FROM events"
-                " WHERE state = 'queued' ORDER BY seq LIMIT ?",
-                (limit,),
-            )
-            events = [QueuedEvent(*row) for row in rows]
+            rows = await conn.execute_fetchall(READ_QUEUE, (limit,))
+            events = [_queued(row) for row in rows]
             decided = plan(events)
             await conn.executemany(
                 INSERT_DELIVERY, [(e, w, stamp, stamp, stamp) for e, w in decided.deliveries]
@@ -306,10 +312,14 @@ class Store:
         """Bumped by operators' commands that change deliveries behind the daemon's back."""
         return await self._read_scalar("SELECT value FROM meta WHERE key = 'deliveries'")
 
-    async def unfinished_count(self) -> int:
-        """Deliveries not yet succeeded or failed, including retries scheduled for later."""
+    async def unfinished_count(self, webhooks: Sequence[str]) -> int:
+        """Deliveries of these webhooks not yet finished, retries scheduled for later
+        included. Deliveries of webhooks no longer configured wait for them to return."""
+        marks = ",".join("?" * len(webhooks))
         return await self._read_scalar(
-            "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'in_flight')"
+            "SELECT count(*) FROM deliveries"
+            f" WHERE state IN ('pending', 'in_flight') AND webhook IN ({marks})",
+            tuple(webhooks),
         )
 
     async def events_by_id(self, ids: Iterable[str]) -> list[EventRow]:
@@ -383,3 +393,18 @@ def _without_query(url: str) -> str:
     """The URL as shown to operators: a query string may carry a token, so it is elided."""
     parts = urlsplit(url)
     return parts._replace(query="…").geturl() if parts.query else url
+
+
+def _queued(row: sqlite3.Row) -> QueuedEvent:
+    values = [_as_text(row[i], row[i + 1]) for i in range(1, 11, 2)]
+    return QueuedEvent(row[0], *values)
+
+
+def _as_text(raw: object, storage: object) -> str | bytes:
+    data = raw if isinstance(raw, bytes) else str(raw).encode()
+    if storage == "blob":
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data

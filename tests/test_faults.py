@@ -258,3 +258,24 @@ async def test_two_daemons_never_share_a_database(tmp_path: Path, receiver: Rece
     finally:
         lock.release()
     await drain(config)
+
+
+async def test_processes_opening_a_new_database_together_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "dispatcher.db"
+    script = (
+        "import asyncio, sys\n"
+        "from dispatcher import database\n"
+        "async def main():\n"
+        "    conn = await database.connect(__import__('pathlib').Path(sys.argv[1]))\n"
+        "    await conn.close()\n"
+        "asyncio.run(main())\n"
+    )
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, str(path), stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    results = [await asyncio.wait_for(p.communicate(), 30) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in results]
+    assert query(path, "PRAGMA user_version") == [(database.schema_version(),)]
