@@ -134,9 +134,13 @@ async def _migrate(conn: aiosqlite.Connection, version: int) -> None:
         raise StoreError(f"cannot migrate the database: {exc}") from exc
 
 
+def migration_script(name: str) -> str:
+    return resources.files("dispatcher").joinpath(name).read_text()
+
+
 def _statements(name: str) -> list[str]:
     """The statements of a migration file, split where SQLite says one is complete."""
-    script = resources.files("dispatcher").joinpath(name).read_text()
+    script = migration_script(name)
     statements, current = [], ""
     for line in script.splitlines(keepends=True):
         current += line
