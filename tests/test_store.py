@@ -89,6 +89,8 @@ def test_a_plain_sql_insert_is_a_complete_event(db: Path) -> None:
         )
         row = conn.execute("SELECT id, created_at, state, error FROM events").fetchone()
     event_id, created_at, state, error = row
-    assert event_id.startswith("evt_") and len(event_id) == 36
-    assert created_at.endswith("Z") and "T" in created_at
+    assert event_id.startswith("evt_")
+    assert len(event_id) == 36
+    assert created_at.endswith("Z")
+    assert "T" in created_at
     assert (state, error) == ("queued", None)
