@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,6 @@ Row = dict[str, Any]
 DELIVERY_STATES = ("pending", "in_flight", "succeeded", "failed")
 EVENT_STATES = ("queued", "rejected")
 
-# Events deleted per prune transaction: short enough that the daemon never waits long for
-# the write lock, and under the 999 host parameters that old SQLite builds allow.
-PRUNE_BATCH = 500
-
 
 class UsageError(DispatcherError):
     """A command was given arguments it cannot act on."""
@@ -36,14 +31,16 @@ async def open_db(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-async def _rows(conn: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> list[Row]:
+async def fetch_rows(
+    conn: aiosqlite.Connection, sql: str, params: Sequence[object] = ()
+) -> list[Row]:
     try:
         return [dict(row) for row in await conn.execute_fetchall(sql, params)]
     except sqlite3.Error as exc:
         raise StoreError(f"database query failed: {exc}") from exc
 
 
-def _marks(values: Collection[object]) -> str:
+def placeholders(values: Collection[object]) -> str:
     return ", ".join("?" * len(values))
 
 
@@ -72,9 +69,9 @@ async def enqueue(
             "SELECT 1 FROM events WHERE id = ?", [event_id]
         ):
             raise UsageError(f"--id: an event with id {event_id!r} exists already")
+        names = ", ".join(columns)
         rows = await c.execute_fetchall(
-            f"INSERT INTO events ({', '.join(columns)}) VALUES ({_marks(params)}) RETURNING id",
-            params,
+            f"INSERT INTO events ({names}) VALUES ({placeholders(params)}) RETURNING id", params
         )
         return str(next(iter(rows))[0])
 
@@ -129,7 +126,7 @@ def _check_event_id(event_id: str) -> None:
 
 async def webhook_names(conn: aiosqlite.Connection) -> set[str]:
     """Every webhook the database knows of: mirrored from a configuration, or with deliveries."""
-    rows = await _rows(
+    rows = await fetch_rows(
         conn, "SELECT name FROM webhooks UNION SELECT DISTINCT webhook FROM deliveries"
     )
     return {row["name"] for row in rows}
@@ -165,7 +162,7 @@ async def event_log(
         # Queued and rejected events have no delivery, so no webhook has any of them.
         return []
     order = " ORDER BY created_at DESC, event_id, webhook LIMIT ?"
-    return await _rows(conn, " UNION ALL ".join(parts) + order, [*params, limit])
+    return await fetch_rows(conn, " UNION ALL ".join(parts) + order, [*params, limit])
 
 
 def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
@@ -175,7 +172,7 @@ def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
         if value is None:
             continue
         if isinstance(value, tuple):
-            clauses.append(f"{column} ({_marks(value)})")
+            clauses.append(f"{column} ({placeholders(value)})")
             params.extend(value)
         else:
             clauses.append(f"{column} = ?")
@@ -185,7 +182,7 @@ def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
 
 async def attempts(conn: aiosqlite.Connection, event_id: str) -> list[Row]:
     """Every attempt of one event, per webhook in attempt order; UsageError if no such event."""
-    rows = await _rows(
+    rows = await fetch_rows(
         conn,
         "SELECT d.webhook, d.id AS delivery_id, a.number, a.started_at, a.status_code,"
         " a.error_kind, a.error, a.duration_ms, a.manual, a.response_excerpt"
@@ -193,21 +190,21 @@ async def attempts(conn: aiosqlite.Connection, event_id: str) -> list[Row]:
         " WHERE d.event_id = ? ORDER BY d.webhook, a.number",
         [event_id],
     )
-    if not rows and not await _rows(conn, "SELECT 1 FROM events WHERE id = ?", [event_id]):
+    if not rows and not await fetch_rows(conn, "SELECT 1 FROM events WHERE id = ?", [event_id]):
         raise UsageError(f"no event with id {event_id!r}")
     return [{**row, "manual": bool(row["manual"])} for row in rows]
 
 
 async def status(conn: aiosqlite.Connection, now: datetime) -> Row:
     """Queue depth, deliveries by state, and each webhook's health over the last hour."""
-    queue = await _rows(
+    queue = await fetch_rows(
         conn, "SELECT state, count(*) AS n FROM events WHERE state != 'dispatched' GROUP BY state"
     )
-    by_state = await _rows(
+    by_state = await fetch_rows(
         conn, "SELECT webhook, state, count(*) AS n FROM deliveries GROUP BY webhook, state"
     )
     since = clock.iso(now - timedelta(hours=1))
-    recent = await _rows(
+    recent = await fetch_rows(
         conn,
         "SELECT d.webhook, count(*) AS attempts,"
         " sum(a.error_kind IS NULL) AS succeeded, max(a.started_at) AS last_attempt_at"
@@ -215,7 +212,7 @@ async def status(conn: aiosqlite.Connection, now: datetime) -> Row:
         " WHERE a.started_at >= ? GROUP BY d.webhook",
         [since],
     )
-    hooks = await _rows(conn, "SELECT name, url, active FROM webhooks ORDER BY name")
+    hooks = await fetch_rows(conn, "SELECT name, url, active FROM webhooks ORDER BY name")
     return _status_report(queue, by_state, recent, hooks)
 
 
@@ -252,155 +249,6 @@ def _health(url: str | None, active: bool) -> Row:
         "success_rate_last_hour": None,
         "last_attempt_at": None,
     }
-
-
-# --- redeliver -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RedeliverScope:
-    """Which failed deliveries to put back; every filter given must hold."""
-
-    delivery_ids: tuple[int, ...] = ()
-    event_id: str | None = None
-    webhook: str | None = None
-    since: datetime | None = None  # on the event's created_at, inclusive
-    until: datetime | None = None  # exclusive
-
-
-async def redeliver(
-    conn: aiosqlite.Connection, scope: RedeliverScope, now: datetime, configured: Collection[str]
-) -> int:
-    """Put failed deliveries back to due now, each with a fresh retry budget and its attempt
-    numbering going on; return how many.
-
-    Only deliveries of `configured` webhooks are touched: the daemon would never attempt one
-    whose webhook it no longer has, and it would stay pending for ever.
-    """
-    _check_scope(scope, configured)
-    where, params = _redeliver_filter(scope)
-    stamp = clock.iso(now)
-
-    async def body(c: aiosqlite.Connection) -> int:
-        await _require_targets(c, scope)
-        cursor = await c.execute(
-            "UPDATE deliveries SET state = 'pending', budget_from = attempts,"
-            " next_attempt_at = ?, finished_at = NULL, updated_at = ?"
-            f" WHERE state = 'failed' AND webhook IN ({_marks(configured)}) AND {where}",
-            [stamp, stamp, *configured, *params],
-        )
-        if cursor.rowcount:
-            # A running daemon caches due times; the bump makes it read them again.
-            await c.execute("UPDATE meta SET value = value + 1 WHERE key = 'deliveries'")
-        return cursor.rowcount
-
-    return await database.write(conn, body)
-
-
-def _check_scope(scope: RedeliverScope, configured: Collection[str]) -> None:
-    if not (scope.delivery_ids or scope.event_id is not None or scope.webhook is not None):
-        raise UsageError("say which deliveries: --delivery ID, --event ID or --webhook NAME")
-    if scope.webhook is not None and scope.webhook not in configured:
-        valid = ", ".join(sorted(configured)) or "none"
-        raise UsageError(f"--webhook: {scope.webhook!r} is not configured (valid: {valid})")
-    if scope.since is not None and scope.until is not None and scope.since >= scope.until:
-        raise UsageError(
-            f"--since {clock.iso(scope.since)} is not before --until {clock.iso(scope.until)}"
-        )
-
-
-async def _require_targets(conn: aiosqlite.Connection, scope: RedeliverScope) -> None:
-    """A delivery or event named on the command line that does not exist is a typo to report,
-    not an empty selection."""
-    if scope.delivery_ids:
-        rows = await conn.execute_fetchall(
-            f"SELECT id FROM deliveries WHERE id IN ({_marks(scope.delivery_ids)})",
-            scope.delivery_ids,
-        )
-        missing = sorted(set(scope.delivery_ids) - {row[0] for row in rows})
-        if missing:
-            raise UsageError(f"--delivery: no delivery with id {', '.join(map(str, missing))}")
-    if scope.event_id is not None:
-        rows = await conn.execute_fetchall("SELECT 1 FROM events WHERE id = ?", [scope.event_id])
-        if not list(rows):
-            raise UsageError(f"--event: no event with id {scope.event_id!r}")
-
-
-def _redeliver_filter(scope: RedeliverScope) -> tuple[str, list[object]]:
-    clauses: list[str] = []
-    params: list[object] = []
-    if scope.delivery_ids:
-        clauses.append(f"id IN ({_marks(scope.delivery_ids)})")
-        params.extend(scope.delivery_ids)
-    if scope.event_id is not None:
-        clauses.append("event_id = ?")
-        params.append(scope.event_id)
-    if scope.webhook is not None:
-        clauses.append("webhook = ?")
-        params.append(scope.webhook)
-    created = "event_id IN (SELECT id FROM events WHERE created_at {op} ?)"
-    if scope.since is not None:
-        clauses.append(created.format(op=">="))
-        params.append(clock.iso(scope.since))
-    if scope.until is not None:
-        clauses.append(created.format(op="<"))
-        params.append(clock.iso(scope.until))
-    return " AND ".join(clauses), params
-
-
-# --- prune ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pruned:
-    events: int = 0
-    deliveries: int = 0
-    attempts: int = 0
-
-    def __add__(self, other: Pruned) -> Pruned:
-        return Pruned(
-            self.events + other.events,
-            self.deliveries + other.deliveries,
-            self.attempts + other.attempts,
-        )
-
-
-async def prune(conn: aiosqlite.Connection, older_than: float, now: datetime) -> Pruned:
-    """Delete events created before the cutoff whose deliveries are all finished, with their
-    deliveries and attempts. Queued events and unfinished deliveries are kept whatever their
-    age. Batched so the write lock is never held for long."""
-    cutoff = clock.iso(now - timedelta(seconds=older_than))
-    total = Pruned()
-    while True:
-        batch = await database.write(conn, lambda c: _prune_batch(c, cutoff))
-        total += batch
-        if batch.events == 0:
-            return total
-
-
-async def _prune_batch(conn: aiosqlite.Connection, cutoff: str) -> Pruned:
-    rows = await conn.execute_fetchall(
-        "SELECT e.id FROM events AS e WHERE e.created_at < ? AND e.state != 'queued'"
-        " AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.event_id = e.id"
-        " AND d.state IN ('pending', 'in_flight')) ORDER BY e.seq LIMIT ?",
-        [cutoff, PRUNE_BATCH],
-    )
-    ids = [row[0] for row in rows]
-    if not ids:
-        return Pruned()
-    marks = _marks(ids)
-    n_deliveries = await database.scalar(
-        conn, f"SELECT count(*) FROM deliveries WHERE event_id IN ({marks})", tuple(ids)
-    )
-    n_attempts = await database.scalar(
-        conn,
-        "SELECT count(*) FROM attempts AS a JOIN deliveries AS d ON d.id = a.delivery_id"
-        f" WHERE d.event_id IN ({marks})",
-        tuple(ids),
-    )
-    # The foreign keys cascade: deleting the events deletes their deliveries and attempts.
-    await conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
-    return Pruned(len(ids), n_deliveries, n_attempts)
 
 
 def to_json(value: object) -> str:

@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import aiosqlite
 
-from dispatcher import __version__, admin, clock, demo, logs, service, signing, tables
+from dispatcher import __version__, admin, clock, demo, logs, maintenance, service, signing, tables
 from dispatcher.config import Config, load_config, parse_duration
 from dispatcher.errors import ConfigError, DispatcherError
 
@@ -268,7 +268,7 @@ def _percent(rate: float | None) -> str | None:
 
 def _redeliver(args: argparse.Namespace) -> int:
     now = clock.now()
-    scope = admin.RedeliverScope(
+    scope = maintenance.RedeliverScope(
         delivery_ids=tuple(args.delivery),
         event_id=args.event,
         webhook=args.webhook,
@@ -278,7 +278,7 @@ def _redeliver(args: argparse.Namespace) -> int:
 
     async def work(conn: aiosqlite.Connection, config: Config) -> int:
         configured = [w.name for w in config.webhooks]
-        return await admin.redeliver(conn, scope, now, configured)
+        return await maintenance.redeliver(conn, scope, now, configured)
 
     count = _with_db(args, work)
     return _emit(args, {"redelivered": count}, f"{count} deliveries put back in the queue")
@@ -308,7 +308,7 @@ def _prune(args: argparse.Namespace) -> int:
         seconds = parse_duration(args.older_than)
     except ValueError as exc:
         raise admin.UsageError(f"--older-than: {exc}") from exc
-    pruned = _with_db(args, lambda conn, _: admin.prune(conn, seconds, clock.now()))
+    pruned = _with_db(args, lambda conn, _: maintenance.prune(conn, seconds, clock.now()))
     text = (
         f"{pruned.events} events pruned, with {pruned.deliveries} deliveries and "
         f"{pruned.attempts} attempts"

@@ -19,9 +19,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatcher import admin, clock
-from dispatcher.admin import RedeliverScope, UsageError
+from dispatcher import admin, clock, maintenance
+from dispatcher.admin import UsageError
 from dispatcher.events import EVENT_TYPES
+from dispatcher.maintenance import RedeliverScope
 from tests.conftest import Behaviour, Receiver, insert_event, query, webhook, write_config
 from tests.helpers import drain, prepare, running
 from tests.test_cli import wait_until
@@ -38,7 +39,7 @@ async def admin_conn(db: Path) -> AsyncIterator[aiosqlite.Connection]:
 
 async def redeliver(db: Path, scope: RedeliverScope, configured: list[str]) -> int:
     async with admin_conn(db) as conn:
-        return await admin.redeliver(conn, scope, clock.now(), configured)
+        return await maintenance.redeliver(conn, scope, clock.now(), configured)
 
 
 def answering(*statuses: int) -> Behaviour:
