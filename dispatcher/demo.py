@@ -1,8 +1,9 @@
 """`webhook-dispatcher demo`: the whole path on one machine in a few seconds.
 
-Starts a receiver on 127.0.0.1 with one endpoint that accepts, one that fails twice and
-then accepts, and one that always fails; writes a configuration for them; enqueues one
-event of every type; runs the daemon until every delivery is finished; prints the log.
+Starts a receiver on 127.0.0.1 with one endpoint that accepts, one that fails twice per
+event and then accepts, and one that always fails; writes a configuration for them;
+enqueues one event of every type; runs the daemon until every delivery is finished;
+prints the event log.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ retry:
 queue:
   poll_interval: 20ms
 logging:
-  level: warning
+  level: error                     # only give-ups; `warning` also shows every failed attempt
 webhooks:
   - name: erp-sync
     url: http://127.0.0.1:{port}/ok
@@ -53,6 +54,7 @@ class DemoReceiver:
 
     def __init__(self) -> None:
         self.received: dict[str, int] = {}
+        self.tries: dict[str, int] = {}
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -62,8 +64,13 @@ class DemoReceiver:
         await request.read()
         if path == "/down":
             return web.Response(status=503, text="maintenance")
-        if path == "/flaky" and self.received[path] % 3 != 0:
-            return web.Response(status=500, text="temporary failure")
+        if path == "/flaky":
+            # Fails the first two attempts of every event, so each of its deliveries shows
+            # two retries before succeeding on the third attempt.
+            key = request.headers.get("webhook-id", "")
+            self.tries[key] = self.tries.get(key, 0) + 1
+            if self.tries[key] <= 2:
+                return web.Response(status=500, text="temporary failure")
         return web.Response(status=204)
 
     async def start(self) -> None:
@@ -130,7 +137,7 @@ async def _print_log(database: Path) -> None:
         rows = await admin.event_log(conn, None, None, 100)
     finally:
         await conn.close()
-    rows.sort(key=lambda r: (r["created_at"], r["webhook"] or ""))
+    rows.sort(key=lambda r: (events.EVENT_TYPES.index(r["type"]), r["webhook"] or ""))
     columns = ("created_at", "type", "store_id", "webhook", "state", "attempts", "last_error")
     print(tables.render(rows, columns))
 

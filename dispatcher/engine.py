@@ -14,7 +14,7 @@ import structlog
 
 from dispatcher import clock, events, retry
 from dispatcher.config import Config, WebhookConfig
-from dispatcher.endpoints import Endpoint, Job
+from dispatcher.endpoints import BUFFER_PER_WORKER, Endpoint, Job
 from dispatcher.errors import StoreError
 from dispatcher.recorder import Recorder
 from dispatcher.sender import AttemptResult, Sender
@@ -242,7 +242,9 @@ class Engine:
 
     async def _claim(self, endpoint: Endpoint) -> None:
         now = self.now()
-        lease = clock.later(now, 3 * endpoint.webhook.timeout + 60)
+        # Long enough to cover the wait in the endpoint's buffer and the attempt itself.
+        lease_seconds = (BUFFER_PER_WORKER + 2) * endpoint.webhook.timeout + 60
+        lease = clock.later(now, lease_seconds)
         claimed = await self.store.claim(endpoint.name, now, endpoint.room, lease)
         if len(claimed) < endpoint.room:
             endpoint.due_at = await self.store.next_due(endpoint.name)
