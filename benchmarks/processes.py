@@ -190,7 +190,11 @@ class Daemon:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        code = self.stop()
+        # SIGTERM is the graceful stop: anything but a clean exit is a finding of its own,
+        # unless the scenario is already failing for another reason.
+        if code != 0 and exc is None:
+            raise BenchError(f"the daemon exited with code {code} on SIGTERM: {self.log_tail()}")
 
     def peak_rss_mb(self) -> float:
         """The resident set's high-water mark so far (VmHWM), in MiB."""

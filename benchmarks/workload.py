@@ -87,7 +87,9 @@ def fill(path: Path, rows: Iterator[EventRow]) -> None:
 
 
 def queue_database(path: Path, count: int) -> Path:
-    """A fresh database at `path` holding `count` queued events."""
+    """A fresh database at `path` holding `count` queued events (any old one is replaced)."""
+    for old in (path, *_sidecars(path)):
+        old.unlink(missing_ok=True)
     create_database(path)
     fill(path, event_rows(count))
     return path
