@@ -97,10 +97,10 @@ def check_event(
             f"--data: payload is {size} bytes, over queue.max_payload_bytes ({max_payload_bytes})"
         )
     try:
-        payload = events.parse_payload(data)
-        # Serialising the envelope is the daemon's last check: it refuses what strict JSON
-        # cannot carry, such as numbers out of range or lone surrogates.
-        events.envelope("check", type_, "", store_id, payload)
+        events.parse_payload(data)
+        # Building the envelope is the daemon's last check: it refuses text that cannot be
+        # UTF-8, such as lone surrogates.
+        events.envelope("check", type_, "", store_id, data)
     except (ValueError, RecursionError) as exc:
         raise UsageError(f"--data: not a valid JSON object ({exc})") from exc
 

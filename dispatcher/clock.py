@@ -16,8 +16,9 @@ def now() -> datetime:
 
 def iso(moment: datetime) -> str:
     """`moment` as sortable ISO 8601 UTC text: 2026-12-03T16:13:07.123Z."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_iso(text: str) -> datetime:

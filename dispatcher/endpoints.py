@@ -18,7 +18,7 @@ from dispatcher.store import Claimed
 # How many claimed deliveries wait in memory per worker: enough to keep workers busy
 # between two claims, few enough that a lease never outlives its wait.
 BUFFER_PER_WORKER = 4
-MIN_CLAIM = 16
+MIN_BUFFER = 64
 
 
 @dataclass(slots=True)
@@ -37,7 +37,7 @@ class Endpoint:
     def __init__(self, webhook: WebhookConfig, handler: Handler, on_room: Callable[[], None]):
         self.webhook = webhook
         self.name = webhook.name
-        self.capacity = max(MIN_CLAIM, webhook.max_in_flight * BUFFER_PER_WORKER)
+        self.capacity = max(MIN_BUFFER, webhook.max_in_flight * BUFFER_PER_WORKER)
         self.due_at: datetime | None = None
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._handler = handler
@@ -64,7 +64,9 @@ class Endpoint:
 
     @property
     def claim_threshold(self) -> int:
-        return max(1, min(self.capacity // 2, MIN_CLAIM))
+        # Half the buffer: claims come in large batches, and the other half keeps the
+        # workers busy meanwhile.
+        return self.capacity // 2
 
     def start(self) -> None:
         self._workers = [

@@ -14,7 +14,7 @@ import structlog
 
 from dispatcher import clock, events, retry
 from dispatcher.config import Config, WebhookConfig
-from dispatcher.endpoints import BUFFER_PER_WORKER, Endpoint, Job
+from dispatcher.endpoints import Endpoint, Job
 from dispatcher.errors import StoreError
 from dispatcher.recorder import Recorder
 from dispatcher.sender import AttemptResult, Sender
@@ -72,7 +72,11 @@ class Engine:
         self.jitter = jitter
         self.recorder = Recorder(store, now)
         self.endpoints = {w.name: Endpoint(w, self._attempt, self._wake) for w in config.webhooks}
-        self._global = asyncio.Semaphore(config.http.max_in_flight)
+        # Endpoints' workers already bound concurrency; the global cap only needs a
+        # semaphore when they could together exceed it.
+        workers = sum(w.max_in_flight for w in config.webhooks)
+        cap = config.http.max_in_flight
+        self._global = asyncio.Semaphore(cap) if workers > cap else None
         self._waiter: asyncio.Future[None] | None = None
         self._poll = _Poll()
 
@@ -243,7 +247,8 @@ class Engine:
     async def _claim(self, endpoint: Endpoint) -> None:
         now = self.now()
         # Long enough to cover the wait in the endpoint's buffer and the attempt itself.
-        lease_seconds = (BUFFER_PER_WORKER + 2) * endpoint.webhook.timeout + 60
+        waves = endpoint.capacity / endpoint.webhook.max_in_flight + 2
+        lease_seconds = waves * endpoint.webhook.timeout + 60
         lease = clock.later(now, lease_seconds)
         claimed = await self.store.claim(endpoint.name, now, endpoint.room, lease)
         if len(claimed) < endpoint.room:
@@ -293,8 +298,11 @@ class Engine:
         )
 
     async def _attempt(self, endpoint: Endpoint, job: Job) -> None:
-        async with self._global:
+        if self._global is None:
             result = await self.sender.send(endpoint.webhook, job.claimed.event_id, job.body)
+        else:
+            async with self._global:
+                result = await self.sender.send(endpoint.webhook, job.claimed.event_id, job.body)
         outcome = self._outcome(job.claimed, result)
         if outcome.state == retry.PENDING and outcome.next_attempt_at is not None:
             due = clock.parse_iso(outcome.next_attempt_at)
@@ -369,17 +377,25 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 
 
 def _log_attempt(webhook: WebhookConfig, job: Job, result: AttemptResult, outcome: Outcome) -> None:
-    fields = {
+    claimed = job.claimed
+    if result.succeeded:
+        log.debug(
+            "attempt_succeeded",
+            webhook=webhook.name,
+            event_id=claimed.event_id,
+            attempt=claimed.number,
+            duration_ms=result.duration_ms,
+        )
+        return
+    failure = {
         "webhook": webhook.name,
-        "event_id": job.claimed.event_id,
-        "attempt": job.claimed.number,
+        "event_id": claimed.event_id,
+        "attempt": claimed.number,
         "status_code": result.status_code,
         "duration_ms": result.duration_ms,
+        "error_kind": result.error_kind,
+        "error": result.error,
     }
-    if result.succeeded:
-        log.debug("attempt_succeeded", **fields)
-        return
-    failure = {**fields, "error_kind": result.error_kind, "error": result.error}
     if outcome.state == retry.FAILED:
         log.error("delivery_failed", **failure)
     else:

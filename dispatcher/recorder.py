@@ -20,6 +20,9 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 1000
 RETRY_DELAY = 1.0
+# Outcomes gather this long before a write: a transaction costs several round trips to
+# the SQLite thread whether it stores one outcome or a hundred.
+GATHER_DELAY = 0.005
 
 
 class Recorder:
@@ -48,6 +51,8 @@ class Recorder:
     async def _run(self) -> None:
         while True:
             await self._has_work.wait()
+            if not self._closing and len(self._buffer) < MAX_BATCH:
+                await asyncio.sleep(GATHER_DELAY)
             self._has_work.clear()
             while self._buffer:
                 await self._write_batch()

@@ -31,7 +31,9 @@ _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
 E = TypeVar("E", bound=BaseException)
 
 
-@dataclass(frozen=True, slots=True)
+# Plain (not frozen) slotted classes: one of each is made per attempt, and a frozen
+# dataclass's __init__ costs several times as much.
+@dataclass(slots=True)
 class AttemptResult:
     started_at: datetime
     duration_ms: float
@@ -46,12 +48,22 @@ class AttemptResult:
         return self.error_kind is None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Answer:
     status: int
     excerpt: str
     location: str | None
     retry_after: float | None
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """What every attempt to one webhook shares, worked out once."""
+
+    refused: str | None  # why the URL's literal address is refused, if it is
+    timeout: aiohttp.ClientTimeout
+    headers: dict[str, str]
+    hidden: tuple[str, ...]
 
 
 class AttemptError(Exception):
@@ -76,6 +88,7 @@ class Sender:
         self.http = http
         self._session: aiohttp.ClientSession | None = None
         self._resolver: guard.GuardedResolver | None = None
+        self._prepared: dict[str, _Prepared] = {}
 
     async def start(self) -> None:
         # The DNS cache keeps the guard's already-filtered answers for a few seconds; a
@@ -103,17 +116,35 @@ class Sender:
             await self._resolver.close()
             self._resolver = None
 
+    def _prepare(self, webhook: WebhookConfig) -> _Prepared:
+        prepared = self._prepared.get(webhook.name)
+        if prepared is None:
+            host = urlsplit(webhook.url).hostname or ""
+            headers = dict(webhook.headers)
+            headers["Content-Type"] = "application/json"
+            headers["User-Agent"] = USER_AGENT
+            prepared = _Prepared(
+                refused=guard.check_literal_host(host, self.http.allow_networks),
+                # The whole-attempt limit is the asyncio timeout in _post; aiohttp's own
+                # `total` would be a second timer per attempt and rounds up to seconds.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=webhook.connect_timeout),
+                headers=headers,
+                hidden=_hidden_values(webhook),
+            )
+            self._prepared[webhook.name] = prepared
+        return prepared
+
     async def send(self, webhook: WebhookConfig, event_id: str, body: bytes) -> AttemptResult:
         """Make one attempt. Never raises for anything the endpoint or network does."""
         started = clock.now()
         t0 = time.perf_counter()
-        # An error's text may quote the answer (a Location, a parser's complaint), and the
-        # answer may echo a request header.
-        hidden = _hidden_values(webhook)
+        prepared = self._prepare(webhook)
         try:
-            answer = await self._post(webhook, event_id, body, started)
+            answer = await self._post(webhook, prepared, event_id, body, started)
         except AttemptError as exc:
-            error = _hide(str(exc), hidden)
+            # An error's text may quote the answer (a Location, a parser's complaint), and
+            # the answer may echo a request header.
+            error = _hide(str(exc), prepared.hidden)
             return AttemptResult(started, _elapsed_ms(t0), exc.status, exc.kind, error, None, None)
 
         kind, judged = _judge(answer)
@@ -122,37 +153,38 @@ class Sender:
             _elapsed_ms(t0),
             answer.status,
             kind,
-            None if judged is None else _hide(judged, hidden),
+            None if judged is None else _hide(judged, prepared.hidden),
             answer.excerpt,
             answer.retry_after,
         )
 
     async def _post(
-        self, webhook: WebhookConfig, event_id: str, body: bytes, started: datetime
+        self,
+        webhook: WebhookConfig,
+        prepared: _Prepared,
+        event_id: str,
+        body: bytes,
+        started: datetime,
     ) -> _Answer:
         if self._session is None:
             raise RuntimeError("Sender.start() was not awaited")
-        host = urlsplit(webhook.url).hostname or ""
-        refused = guard.check_literal_host(host, self.http.allow_networks)
-        if refused:
-            raise AttemptError("blocked_address", refused)
+        if prepared.refused:
+            raise AttemptError("blocked_address", prepared.refused)
 
-        headers = _headers(webhook, event_id, body, started)
-        timeout = aiohttp.ClientTimeout(total=webhook.timeout, sock_connect=webhook.connect_timeout)
+        headers = _headers(prepared.headers, webhook, event_id, body, started)
         # Set once the status line and headers have arrived, so that a failure while reading
         # the body is recorded with the status the endpoint had already given.
         status: int | None = None
         try:
-            # The outer timeout bounds the whole attempt, reading included, so an endpoint
-            # that answers one byte a second cannot hold a worker past `timeout`; aiohttp's
-            # own `total` rounds long timeouts up to whole seconds.
+            # One timeout bounds the whole attempt, reading included, so an endpoint that
+            # answers one byte a second cannot hold a worker past `timeout`.
             async with (
                 asyncio.timeout(webhook.timeout),
                 self._session.post(
                     webhook.url,
                     data=body,
                     headers=headers,
-                    timeout=timeout,
+                    timeout=prepared.timeout,
                     allow_redirects=False,
                 ) as response,
             ):
@@ -160,7 +192,7 @@ class Sender:
                 limit = self.http.response_excerpt_bytes
                 return _Answer(
                     status=status,
-                    excerpt=await _read_excerpt(response, limit, _hidden_values(webhook)),
+                    excerpt=await _read_excerpt(response, limit, prepared.hidden),
                     location=response.headers.get("Location"),
                     retry_after=_retry_after(response),
                 )
@@ -169,12 +201,10 @@ class Sender:
 
 
 def _headers(
-    webhook: WebhookConfig, event_id: str, body: bytes, started: datetime
+    base: dict[str, str], webhook: WebhookConfig, event_id: str, body: bytes, started: datetime
 ) -> dict[str, str]:
     timestamp = int(started.timestamp())
-    headers = dict(webhook.headers)
-    headers["Content-Type"] = "application/json"
-    headers["User-Agent"] = USER_AGENT
+    headers = base.copy()
     headers["webhook-id"] = event_id
     headers["webhook-timestamp"] = str(timestamp)
     signature = signing.sign(webhook.secrets, event_id, timestamp, body, started)

@@ -48,7 +48,7 @@ class FanOutPlan:
     rejected: list[tuple[str, int]]  # (reason, event seq)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claimed:
     """A delivery claimed for one attempt; `number` is the attempt it is about to make."""
 
@@ -69,7 +69,7 @@ class EventRow:
     created_at: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """One finished attempt and the delivery state it leads to."""
 

@@ -192,3 +192,14 @@ def test_the_python_producer_helper_refuses_what_the_daemon_would_reject(tmp_pat
     with pytest.raises(ValueError, match="Out of range float"):
         enqueue(tmp_path / "x.db", "order.created", "s", {"x": float("nan")})
     assert not (tmp_path / "x.db").exists()
+
+
+async def test_the_payload_reaches_the_receiver_as_the_producer_wrote_it(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = await prepare(write_config(tmp_path, [webhook("w", receiver.url())]))
+    payload = '{"total": 19.90, "b": 1, "a": [1e2, "\\u00e9t\\u00e9"]}'
+    insert_event(config.database, payload=payload)
+    await drain(config)
+    body = receiver.received[0].body.decode()
+    assert body.endswith(f',"data":{payload}}}')
