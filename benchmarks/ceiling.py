@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from dispatcher import signing
+from dispatcher import service, signing
 from dispatcher.config import Secret
 from dispatcher.sender import USER_AGENT
 
@@ -60,4 +60,6 @@ async def _send_all(
 def send_all(
     url: str, messages: Sequence[tuple[str, bytes]], secret: Secret, concurrency: int
 ) -> tuple[float, int]:
-    return asyncio.run(_send_all(url, messages, secret, concurrency))
+    _, factory = service.loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_send_all(url, messages, secret, concurrency))

@@ -15,7 +15,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.processes import ReceiverProcess
 from benchmarks.scenarios import FULL, SCENARIOS, SMALL, Context
-from dispatcher import logs
+from dispatcher import logs, service
 
 CACHE = Path(__file__).resolve().parent / "results" / "cache"
 # The receiver exits on its own after this long, should the harness die without stopping it.
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--workdir", type=Path, help="keep databases and logs here")
     parser.add_argument("--cache", type=Path, default=CACHE, help="where big databases live")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of the daemon and of the ceiling client alike (default: asyncio)",
+    )
     return parser
 
 
@@ -97,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # would only interleave with the figures.
     logs.configure("warning", "json", sys.stderr)
     names = selection(args.scenario)
-    facts = report.machine()
+    # The daemons inherit this, and the ceiling client reads it too: both sides of every
+    # ratio run on the same event loop.
+    os.environ[service.LOOP_VARIABLE] = args.loop
+    facts = {**report.machine(), "event_loop": args.loop}
     print(", ".join(f"{key} {value}" for key, value in facts.items()), flush=True)
     with _workdir(args.workdir) as folder, ReceiverProcess(RECEIVER_LIFETIME) as receiver:
         ctx = Context(SMALL if args.small else FULL, folder, args.cache, receiver)

@@ -58,7 +58,7 @@ def message_bodies(count: int) -> list[tuple[str, bytes]]:
     """The bodies the daemon would send for `event_rows(count)`, built the daemon's way."""
     stamp = clock.iso(clock.now())
     return [
-        (event_id, events.envelope(event_id, type_, stamp, store, events.parse_payload(text)))
+        (event_id, events.envelope(event_id, type_, stamp, store, text))
         for event_id, type_, store, text in event_rows(count)
     ]
 

@@ -166,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     level = "debug" if args.debug else config.logging.level
     logs.configure(level, config.logging.format)
-    asyncio.run(service.serve(config))
+    service.run(config)
     return EXIT_OK
 
 

@@ -53,9 +53,9 @@ CREATE TABLE deliveries (
     UNIQUE (event_id, webhook)
 );
 CREATE INDEX deliveries_due ON deliveries (webhook, next_attempt_at) WHERE state = 'pending';
-CREATE INDEX deliveries_leased ON deliveries (lease_expires_at) WHERE state = 'in_flight';
+-- Serves status counts, the drain check and the lease sweep (which only ever looks at
+-- the in-flight rows). Every index here costs each delivery update; keep them few.
 CREATE INDEX deliveries_by_state ON deliveries (state, webhook);
-CREATE INDEX deliveries_finished ON deliveries (finished_at) WHERE finished_at IS NOT NULL;
 
 -- One row per HTTP attempt, numbered from 1 per delivery.
 CREATE TABLE attempts (

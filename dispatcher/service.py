@@ -3,22 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import socket
 import stat
 import uuid
+from collections.abc import Callable
 
 import structlog
 
 from dispatcher import __version__, database
 from dispatcher.config import Config, load_config
 from dispatcher.engine import Engine
-from dispatcher.errors import ConfigError
+from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.sender import Sender
 from dispatcher.store import Store
 
 log = structlog.get_logger(__name__)
+
+
+LOOP_VARIABLE = "WEBHOOK_DISPATCHER_LOOP"
+
+
+def loop_factory() -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The event loop to run on: uvloop when it is installed (the `fast` extra) unless
+    WEBHOOK_DISPATCHER_LOOP=asyncio says otherwise; the standard loop without it."""
+    choice = os.environ.get(LOOP_VARIABLE, "auto")
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise DispatcherError(f"{LOOP_VARIABLE}={choice!r} (valid: auto, uvloop, asyncio)")
+    if choice == "asyncio":
+        return "asyncio", None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError as exc:
+        if choice == "uvloop":
+            hint = "install webhook-dispatcher[fast]"
+            raise DispatcherError(f"{LOOP_VARIABLE}=uvloop but uvloop is missing; {hint}") from exc
+        return "asyncio", None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return "uvloop", factory
+
+
+def run(config: Config) -> None:
+    """Serve `config` on the chosen event loop until stopped."""
+    name, factory = loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(config, event_loop=name))
 
 
 def sd_notify(message: str) -> None:
@@ -52,7 +83,7 @@ def warn_if_readable_secrets(config: Config) -> None:
         )
 
 
-async def serve(config: Config, *, until_idle: bool = False) -> None:
+async def serve(config: Config, *, until_idle: bool = False, event_loop: str = "asyncio") -> None:
     """Run the daemon until SIGTERM or SIGINT (or until idle), then drain and return.
 
     SIGHUP reloads the configuration: a valid new one replaces the engine after the old
@@ -72,7 +103,7 @@ async def serve(config: Config, *, until_idle: bool = False) -> None:
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         store = await Store.open(config.database, owner)
         try:
-            await _supervise(config, store, signals, until_idle)
+            await _supervise(config, store, signals, until_idle, event_loop)
         finally:
             await store.close()
     finally:
@@ -103,10 +134,13 @@ class _Signals:
         self.engine_stop.set()
 
 
-async def _supervise(config: Config, store: Store, signals: _Signals, until_idle: bool) -> None:
+async def _supervise(
+    config: Config, store: Store, signals: _Signals, until_idle: bool, event_loop: str
+) -> None:
     log.info(
         "daemon_started",
         version=__version__,
+        event_loop=event_loop,
         database=str(config.database),
         webhooks=len(config.webhooks),
     )

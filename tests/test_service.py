@@ -130,3 +130,25 @@ async def test_sighup_with_a_broken_config_keeps_the_old_one(
     assert [c.path for c in receiver.received] == ["/first"]
     daemon.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(daemon.wait(), 20) == 0
+
+
+async def test_the_daemon_runs_on_uvloop_when_asked(tmp_path: Path, receiver: Receiver) -> None:
+    config = write_config(tmp_path, [webhook("w", receiver.url())])
+    daemon = await _daemon(config, {**os.environ, "WEBHOOK_DISPATCHER_LOOP": "uvloop"})
+    lines = await _started(daemon)
+    started = next(json.loads(line) for line in lines if '"daemon_started"' in line)
+    assert started["event_loop"] == "uvloop"
+    insert_event(tmp_path / "dispatcher.db")
+    await receiver.wait_for(1)
+    daemon.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(daemon.wait(), 20) == 0
+
+
+async def test_an_unknown_event_loop_choice_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, [webhook("w", "http://127.0.0.1:9/")])
+    daemon = await _daemon(config, {**os.environ, "WEBHOOK_DISPATCHER_LOOP": "trio"})
+    _, err = await asyncio.wait_for(daemon.communicate(), 20)
+    assert daemon.returncode == 1
+    assert err.decode().strip().splitlines()[-1] == (
+        "error: WEBHOOK_DISPATCHER_LOOP='trio' (valid: auto, uvloop, asyncio)"
+    )
