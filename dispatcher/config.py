@@ -98,6 +98,16 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class CircuitConfig:
+    """When an endpoint counts as down: `failures` attempts in a row (0: never), after
+    which its deliveries wait `cooldown`, doubling up to `max_cooldown` while it stays down."""
+
+    failures: int = 20
+    cooldown: float = 10.0
+    max_cooldown: float = 300.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"  # auto | json | console
@@ -112,13 +122,23 @@ class Config:
     retry: RetryConfig = RetryConfig()
     queue: QueueConfig = QueueConfig()
     logging: LoggingConfig = LoggingConfig()
+    circuit: CircuitConfig = CircuitConfig()
     shutdown_grace: float = 10.0
     # A secret or header value written out in the file itself, so the file's permissions
     # matter; values taken from ${ENV} or secret_file do not count.
     has_literal_secret: bool = False
 
 
-_TOP_KEYS = ("database", "http", "retry", "queue", "logging", "shutdown_grace", "webhooks")
+_TOP_KEYS = (
+    "database",
+    "http",
+    "retry",
+    "circuit",
+    "queue",
+    "logging",
+    "shutdown_grace",
+    "webhooks",
+)
 _HTTP_KEYS = (
     "timeout",
     "connect_timeout",
@@ -132,6 +152,7 @@ _HTTP_KEYS = (
 _RETRY_KEYS = ("max_retries", "backoff", "jitter", "max_retry_after")
 _QUEUE_KEYS = ("poll_interval", "batch_size", "max_payload_bytes")
 _LOGGING_KEYS = ("level", "format")
+_CIRCUIT_KEYS = ("failures", "cooldown", "max_cooldown")
 _WEBHOOK_KEYS = (
     "name",
     "url",
@@ -182,8 +203,18 @@ def _config(top: Section, path: Path, env: Mapping[str, str] | None) -> Config:
         retry=_retry(top.section("retry", _RETRY_KEYS)),
         queue=_queue(top.section("queue", _QUEUE_KEYS)),
         logging=_logging(top.section("logging", _LOGGING_KEYS)),
+        circuit=_circuit(top.section("circuit", _CIRCUIT_KEYS)),
         shutdown_grace=top.duration("shutdown_grace", Config.shutdown_grace, allow_zero=True),
         has_literal_secret=context.literal_secret,
+    )
+
+
+def _circuit(section: Section) -> CircuitConfig:
+    default = CircuitConfig()
+    return CircuitConfig(
+        failures=section.integer("failures", default.failures, low=0, high=10_000),
+        cooldown=section.duration("cooldown", default.cooldown),
+        max_cooldown=section.duration("max_cooldown", default.max_cooldown),
     )
 
 

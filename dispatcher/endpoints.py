@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from dispatcher.config import WebhookConfig
+from dispatcher.circuit import HALF_OPEN, OPEN, Circuit
+from dispatcher.config import CircuitConfig, WebhookConfig
 from dispatcher.store import Claimed
 
 # How many claimed deliveries wait in memory per worker: enough to keep workers busy
@@ -34,8 +35,15 @@ Handler = Callable[["Endpoint", Job], Awaitable[None]]
 
 
 class Endpoint:
-    def __init__(self, webhook: WebhookConfig, handler: Handler, on_room: Callable[[], None]):
+    def __init__(
+        self,
+        webhook: WebhookConfig,
+        circuit: CircuitConfig,
+        handler: Handler,
+        on_room: Callable[[], None],
+    ) -> None:
         self.webhook = webhook
+        self.circuit = Circuit(circuit)
         self.name = webhook.name
         self.capacity = max(MIN_BUFFER, webhook.max_in_flight * BUFFER_PER_WORKER)
         self.due_at: datetime | None = None
@@ -59,6 +67,11 @@ class Endpoint:
     def wants_claim(self, now: datetime) -> bool:
         if self._closing or self.due_at is None or self.due_at > now:
             return False
+        state = self.circuit.state(now)
+        if state == OPEN:
+            return False
+        if state == HALF_OPEN:
+            return self.idle  # one probe at a time
         # Claim in batches rather than one by one as room frees up.
         return self.room >= self.claim_threshold or self.idle
 
@@ -67,6 +80,18 @@ class Endpoint:
         # Half the buffer: claims come in large batches, and the other half keeps the
         # workers busy meanwhile.
         return self.capacity // 2
+
+    def claim_limit(self, now: datetime) -> int:
+        return 1 if self.circuit.state(now) == HALF_OPEN else self.room
+
+    def take_buffered(self) -> list[Job]:
+        """Remove and return every claimed delivery not yet being attempted."""
+        jobs: list[Job] = []
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None:
+                jobs.append(job)
+        return jobs
 
     def start(self) -> None:
         self._workers = [
@@ -104,11 +129,7 @@ class Endpoint:
         attempt was cut off, for the caller to hand back to the queue.
         """
         self._closing = True
-        unsent: list[int] = []
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job is not None:
-                unsent.append(job.claimed.delivery_id)
+        unsent = [job.claimed.delivery_id for job in self.take_buffered()]
         for _ in self._workers:
             self._queue.put_nowait(None)
         if self._workers:

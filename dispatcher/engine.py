@@ -12,7 +12,7 @@ from datetime import datetime
 
 import structlog
 
-from dispatcher import clock, events, retry
+from dispatcher import circuit, clock, events, retry
 from dispatcher.config import Config, WebhookConfig
 from dispatcher.endpoints import Endpoint, Job
 from dispatcher.errors import StoreError
@@ -71,7 +71,10 @@ class Engine:
         self.now = now
         self.jitter = jitter
         self.recorder = Recorder(store, now)
-        self.endpoints = {w.name: Endpoint(w, self._attempt, self._wake) for w in config.webhooks}
+        self.endpoints = {
+            w.name: Endpoint(w, config.circuit, self._attempt, self._wake) for w in config.webhooks
+        }
+        self._deferred: list[tuple[int, datetime]] = []  # (delivery id, due again at)
         # Endpoints' workers already bound concurrency; the global cap only needs a
         # semaphore when they could together exceed it.
         workers = sum(w.max_in_flight for w in config.webhooks)
@@ -126,6 +129,8 @@ class Engine:
     async def _step(self) -> None:
         """One pass: notice changes, fan out new events, claim due work, sweep leases."""
         await self._notice_changes()
+        if self._deferred:
+            await self._flush_deferred()
         if self._poll.queue_maybe and self._starving():
             await self._fan_out()
         for endpoint in self.endpoints.values():
@@ -250,8 +255,9 @@ class Engine:
         waves = endpoint.capacity / endpoint.webhook.max_in_flight + 2
         lease_seconds = waves * endpoint.webhook.timeout + 60
         lease = clock.later(now, lease_seconds)
-        claimed = await self.store.claim(endpoint.name, now, endpoint.room, lease)
-        if len(claimed) < endpoint.room:
+        limit = endpoint.claim_limit(now)
+        claimed = await self.store.claim(endpoint.name, now, limit, lease)
+        if len(claimed) < limit:
             endpoint.due_at = await self.store.next_due(endpoint.name)
         if not claimed:
             return
@@ -298,6 +304,10 @@ class Engine:
         )
 
     async def _attempt(self, endpoint: Endpoint, job: Job) -> None:
+        reopen = endpoint.circuit.open_until
+        if reopen is not None and endpoint.circuit.state(self.now()) == circuit.OPEN:
+            self._defer([job], reopen)
+            return
         if self._global is None:
             result = await self.sender.send(endpoint.webhook, job.claimed.event_id, job.body)
         else:
@@ -310,6 +320,39 @@ class Engine:
                 endpoint.due_at = due
         self.recorder.add(outcome)
         _log_attempt(endpoint.webhook, job, result, outcome)
+        change = endpoint.circuit.record(result.succeeded, self.now())
+        if change == circuit.OPEN:
+            self._circuit_opened(endpoint)
+        elif change == circuit.CLOSED:
+            log.info("circuit_closed", webhook=endpoint.name)
+
+    def _circuit_opened(self, endpoint: Endpoint) -> None:
+        until = endpoint.circuit.open_until
+        if until is None:
+            return
+        log.warning(
+            "circuit_opened",
+            webhook=endpoint.name,
+            failures_in_a_row=endpoint.circuit.failures,
+            cooldown_s=endpoint.circuit.cooldown,
+            until=clock.iso(until),
+        )
+        endpoint.due_at = until
+        self._defer(endpoint.take_buffered(), until)
+
+    def _defer(self, jobs: list[Job], until: datetime) -> None:
+        """Hand deliveries of an endpoint whose circuit is open back to the queue, due when
+        it half-opens; written by the loop's next pass."""
+        self._deferred.extend((job.claimed.delivery_id, until) for job in jobs)
+        self._wake()
+
+    async def _flush_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        by_time: dict[datetime, list[int]] = {}
+        for delivery_id, until in deferred:
+            by_time.setdefault(until, []).append(delivery_id)
+        for until, ids in by_time.items():
+            await self.store.release(ids, self.now(), due_at=until)
 
     def _outcome(self, claimed: Claimed, result: AttemptResult) -> Outcome:
         decision = retry.decide(
@@ -346,7 +389,7 @@ class Engine:
             await self._refresh_due()
 
     async def _finished(self) -> bool:
-        if self._poll.queue_maybe or self.recorder.pending:
+        if self._poll.queue_maybe or self.recorder.pending or self._deferred:
             return False
         if not all(e.idle for e in self.endpoints.values()):
             return False
@@ -366,6 +409,7 @@ class Engine:
 
     async def _final_writes(self, handed_back: list[int]) -> None:
         await self.recorder.close()
+        await self._flush_deferred()
         if handed_back:
             await self.store.release(handed_back, self.now())
         log.info("engine_stopped", handed_back=len(handed_back))

@@ -178,6 +178,9 @@ def _reloaded(current: Config) -> Config:
             problems=[f"database: changing the database needs a restart ({fresh.database})"],
         )
         return current
+    if fresh.logging != current.logging:
+        # Loggers are bound once per process for speed, so their set-up stays as it was.
+        log.warning("logging_change_needs_restart", logging=str(fresh.logging))
     warn_if_readable_secrets(fresh)
     log.info("config_reloaded", webhooks=len(fresh.webhooks))
     return fresh

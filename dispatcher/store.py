@@ -374,16 +374,21 @@ class Store:
 
         await self._write(body)
 
-    async def release(self, delivery_ids: Sequence[int], now: datetime) -> None:
-        """Hand claimed but unattempted deliveries back, due now (used at shutdown)."""
+    async def release(
+        self, delivery_ids: Sequence[int], now: datetime, due_at: datetime | None = None
+    ) -> None:
+        """Hand claimed but unattempted deliveries back, spending no retry budget: at
+        shutdown keeping their due time, for an open circuit due at `due_at`."""
         stamp = clock.iso(now)
+        due = clock.iso(due_at) if due_at is not None else None
 
         async def body(conn: aiosqlite.Connection) -> None:
             await conn.executemany(
                 "UPDATE deliveries SET state = 'pending', lease_owner = NULL,"
-                " lease_expires_at = NULL, updated_at = ?"
+                " lease_expires_at = NULL, updated_at = ?,"
+                " next_attempt_at = coalesce(?, next_attempt_at)"
                 " WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
-                [(stamp, i, self.owner) for i in delivery_ids],
+                [(stamp, due, i, self.owner) for i in delivery_ids],
             )
 
         await self._write(body)

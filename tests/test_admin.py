@@ -24,8 +24,7 @@ from dispatcher.admin import UsageError
 from dispatcher.events import EVENT_TYPES
 from dispatcher.maintenance import RedeliverScope
 from tests.conftest import Behaviour, Receiver, insert_event, query, webhook, write_config
-from tests.helpers import drain, prepare, running
-from tests.test_cli import wait_until
+from tests.helpers import drain, prepare, running, wait_until
 
 
 @contextlib.asynccontextmanager

@@ -7,86 +7,15 @@ asyncio rather than run with the blocking subprocess module.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import signal
 import sqlite3
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
 
 from dispatcher import signing, tables
 from tests.conftest import Receiver, insert_event, query, webhook, write_config
-from tests.helpers import drain, prepare
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-async def run_cli(*args: str | Path, timeout: float = 30.0, **env: str) -> Result:
-    """Run `python -m dispatcher ARGS` to completion, with `env` added to the environment."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dispatcher",
-        *map(str, args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-class Daemon:
-    """`python -m dispatcher run` as a child process, its logs kept in a file."""
-
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.log = config.with_name("daemon.log")
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Start it and wait until it says it is delivering, with its signal handlers set."""
-        with self.log.open("wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "dispatcher", "run", "-c", str(self.config), stderr=log
-            )
-        await wait_until(lambda: "daemon_started" in self.log.read_text() or self.exited)
-
-    @property
-    def exited(self) -> bool:
-        return self.proc is not None and self.proc.returncode is not None
-
-    async def stop(self) -> int:
-        """SIGTERM, as systemd stops it; return the exit code."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 15)
+from tests.helpers import Daemon, drain, prepare, run_cli, wait_until
 
 
 def succeeded_deliveries(db: Path) -> int:

@@ -98,7 +98,9 @@ def test_empty_file_is_reported(tmp_path: Path) -> None:
 def test_top_level_that_is_not_a_mapping_is_reported(tmp_path: Path) -> None:
     path = write(tmp_path, "- webhooks\n- http\n")
     [found] = problems(path)
-    assert found.startswith("1: (top level): not a mapping (a list; valid: keys database, http")
+    assert found.startswith(
+        "1: (top level): not a mapping (a list; valid: keys circuit, database, http"
+    )
 
 
 # --- defaults and top-level keys -----------------------------------------------------------------
@@ -187,7 +189,7 @@ def test_every_section_is_read(tmp_path: Path) -> None:
 
 def test_unknown_top_level_key_lists_the_valid_keys(tmp_path: Path) -> None:
     path = write(tmp_path, "databse: x.db\n")
-    valid = "database, http, logging, queue, retry, shutdown_grace, webhooks"
+    valid = "circuit, database, http, logging, queue, retry, shutdown_grace, webhooks"
     assert problems(path) == [f"1: databse: unknown key (did you mean database? valid: {valid})"]
 
 

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 
 from dispatcher.events import EVENT_TYPES
 from tests.conftest import Receiver, query, webhook, write_config
-from tests.helpers import drain, prepare
-from tests.test_cli import run_cli
+from tests.helpers import drain, prepare, run_cli
 
 MAX_PAYLOAD = 256
 
