@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
 
-from dispatcher import circuit, clock, events, retry
+from dispatcher import circuit, clock, fanout, retry
 from dispatcher.config import Config, WebhookConfig
 from dispatcher.endpoints import Endpoint, Job
 from dispatcher.errors import StoreError
@@ -22,7 +21,6 @@ from dispatcher.store import Claimed, FanOutPlan, Outcome, QueuedEvent, Store
 
 log = structlog.get_logger(__name__)
 
-BODY_CACHE_SIZE = 20_000
 SWEEP_INTERVAL = 30.0
 # Waking a Python event loop costs ~0.25 ms of CPU here, so polling every 10 ms all day
 # would burn 2-3% of a core. After a quiet spell the loop polls less often: the first
@@ -31,12 +29,6 @@ IDLE_AFTER = 5.0
 IDLE_POLL_INTERVAL = 0.1
 FULL_CHECK_INTERVAL = 1.0
 STEP_RETRY_DELAY = 1.0
-
-
-@dataclass(slots=True)
-class CachedEvent:
-    type: str
-    body: bytes
 
 
 @dataclass(slots=True)
@@ -52,7 +44,6 @@ class _Poll:
     last_full_check: float = 0.0
     disk_signature: tuple[int, ...] | None = None
     drained: bool = False
-    bodies: dict[str, CachedEvent] = field(default_factory=dict)
 
 
 class Engine:
@@ -82,6 +73,7 @@ class Engine:
         self._global = asyncio.Semaphore(cap) if workers > cap else None
         self._waiter: asyncio.Future[None] | None = None
         self._poll = _Poll()
+        self._bodies = fanout.Bodies()
 
     def _wake(self) -> None:
         if self._waiter is not None:
@@ -219,35 +211,8 @@ class Engine:
             log.warning("event_rejected", event_id=event.id, seq=seq, reason=reason)
 
     def _plan(self, queued: list[QueuedEvent]) -> FanOutPlan:
-        plan = FanOutPlan(deliveries=[], dispatched=[], rejected=[])
-        for event in queued:
-            try:
-                type_, body = events.check_event(
-                    (event.id, event.type, event.store_id, event.payload, event.created_at),
-                    self.config.queue.max_payload_bytes,
-                )
-            except ValueError as exc:
-                plan.rejected.append((str(exc), event.seq))
-                continue
-            event_id, store_id = str(event.id), str(event.store_id)
-            plan.dispatched.append(event.seq)
-            matched = [
-                w.name
-                for w in self.config.webhooks
-                if events.subscribes(w.events, w.stores, type_, store_id)
-            ]
-            plan.deliveries.extend((event_id, name) for name in matched)
-            if matched:
-                self._remember(event_id, CachedEvent(type_, body))
-        return plan
-
-    def _remember(self, event_id: str, cached: CachedEvent) -> None:
-        bodies = self._poll.bodies
-        bodies[event_id] = cached
-        if len(bodies) > BODY_CACHE_SIZE:
-            # Oldest first: dicts keep insertion order, and old events are the ones whose
-            # deliveries have most likely been sent already.
-            del bodies[next(iter(bodies))]
+        webhooks = self.config.webhooks
+        return fanout.plan(queued, webhooks, self.config.queue.max_payload_bytes, self._bodies)
 
     async def _claim(self, endpoint: Endpoint) -> None:
         now = self.now()
@@ -265,22 +230,16 @@ class Engine:
         endpoint.put(await self._jobs(claimed))
 
     async def _jobs(self, claimed: list[Claimed]) -> list[Job]:
-        bodies = self._poll.bodies
-        missing = {c.event_id for c in claimed if c.event_id not in bodies}
+        missing = self._bodies.missing([c.event_id for c in claimed])
         if missing:
-            for row in await self.store.events_by_id(missing):
-                fields = (row.id, row.type, row.store_id, row.payload, row.created_at)
-                with contextlib.suppress(ValueError):
-                    # Checked at fan-out already; the size limit may have changed since.
-                    type_, body = events.check_event(fields, sys.maxsize)
-                    self._remember(row.id, CachedEvent(type_, body))
+            self._bodies.load(await self.store.events_by_id(missing))
         jobs = []
         for c in claimed:
-            cached = bodies.get(c.event_id)
-            if cached is None:
+            message = self._bodies.get(c.event_id)
+            if message is None:
                 self._unsendable(c)
                 continue
-            jobs.append(Job(c, cached.body, cached.type))
+            jobs.append(Job(c, message.body, message.type))
         return jobs
 
     def _unsendable(self, claimed: Claimed) -> None:
