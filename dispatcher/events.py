@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import re
 from collections.abc import Iterable
@@ -25,6 +26,7 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 
 ALL_STORES = "*"
+_quote = json.encoder.encode_basestring
 _CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
@@ -137,12 +139,12 @@ def envelope(event_id: str, type_: str, timestamp: str, store_id: str, payload: 
     numbers keep their digits (19.90 stays 19.90) and keys their order, and no time is
     spent writing the JSON again. Raises ValueError when the text cannot be UTF-8.
     """
-    head = json.dumps(
-        {"id": event_id, "type": type_, "timestamp": timestamp, "store_id": store_id},
-        ensure_ascii=False,
-        separators=(",", ":"),
+    # The four strings are quoted with json's own C string encoder: json.dumps on a dict
+    # costs several times as much, once per event.
+    text = (
+        f'{{"id":{_quote(event_id)},"type":{_quote(type_)},"timestamp":{_quote(timestamp)},'
+        f'"store_id":{_quote(store_id)},"data":{payload.strip()}}}'
     )
-    text = f'{head[:-1]},"data":{payload.strip()}}}'
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
