@@ -212,7 +212,9 @@ async def status(conn: aiosqlite.Connection, now: datetime) -> Row:
         " WHERE a.started_at >= ? GROUP BY d.webhook",
         [since],
     )
-    hooks = await fetch_rows(conn, "SELECT name, url, active FROM webhooks ORDER BY name")
+    hooks = await fetch_rows(
+        conn, "SELECT name, url, active, circuit_open_until FROM webhooks ORDER BY name"
+    )
     return _status_report(queue, by_state, recent, hooks)
 
 
@@ -221,6 +223,8 @@ def _status_report(
 ) -> Row:
     counts = {row["state"]: row["n"] for row in queue}
     webhooks = {h["name"]: _health(h["url"], bool(h["active"])) for h in hooks}
+    for h in hooks:
+        webhooks[h["name"]]["circuit_open_until"] = h["circuit_open_until"]
     totals = dict.fromkeys(DELIVERY_STATES, 0)
     for row in by_state:
         # A webhook removed from the configuration still has its old deliveries.
@@ -248,6 +252,7 @@ def _health(url: str | None, active: bool) -> Row:
         "attempts_last_hour": 0,
         "success_rate_last_hour": None,
         "last_attempt_at": None,
+        "circuit_open_until": None,
     }
 
 

@@ -258,7 +258,8 @@ def _status_text(report: dict[str, Any]) -> str:
         for name, entry in report["webhooks"].items()
     ]
     columns = ("webhook", "active", "pending", "in_flight", "succeeded", "failed",
-               "attempts_last_hour", "success_last_hour", "last_attempt_at")  # fmt: skip
+               "attempts_last_hour", "success_last_hour", "last_attempt_at",
+               "circuit_open_until")  # fmt: skip
     return "\n".join([*head, tables.render(rows, columns, "no webhooks yet")])
 
 

@@ -66,6 +66,7 @@ class Engine:
             w.name: Endpoint(w, config.circuit, self._attempt, self._wake) for w in config.webhooks
         }
         self._deferred: list[tuple[int, datetime]] = []  # (delivery id, due again at)
+        self._circuit_changes: dict[str, datetime | None] = {}  # for the webhooks table
         # Endpoints' workers already bound concurrency; the global cap only needs a
         # semaphore when they could together exceed it.
         workers = sum(w.max_in_flight for w in config.webhooks)
@@ -123,6 +124,7 @@ class Engine:
         await self._notice_changes()
         if self._deferred:
             await self._flush_deferred()
+        await self._flush_circuits()
         if self._poll.queue_maybe and self._starving():
             await self._fan_out()
         for endpoint in self.endpoints.values():
@@ -284,6 +286,7 @@ class Engine:
             self._circuit_opened(endpoint)
         elif change == circuit.CLOSED:
             log.info("circuit_closed", webhook=endpoint.name)
+            self._circuit_changes[endpoint.name] = None
 
     def _circuit_opened(self, endpoint: Endpoint) -> None:
         until = endpoint.circuit.open_until
@@ -298,12 +301,18 @@ class Engine:
         )
         endpoint.due_at = until
         self._defer(endpoint.take_buffered(), until)
+        self._circuit_changes[endpoint.name] = until
 
     def _defer(self, jobs: list[Job], until: datetime) -> None:
         """Hand deliveries of an endpoint whose circuit is open back to the queue, due when
         it half-opens; written by the loop's next pass."""
         self._deferred.extend((job.claimed.delivery_id, until) for job in jobs)
         self._wake()
+
+    async def _flush_circuits(self) -> None:
+        while self._circuit_changes:
+            name, until = self._circuit_changes.popitem()
+            await self.store.set_circuit(name, until)
 
     async def _flush_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []
@@ -369,6 +378,7 @@ class Engine:
     async def _final_writes(self, handed_back: list[int]) -> None:
         await self.recorder.close()
         await self._flush_deferred()
+        await self._flush_circuits()
         if handed_back:
             await self.store.release(handed_back, self.now())
         log.info("engine_stopped", handed_back=len(handed_back))

@@ -28,6 +28,7 @@ CREATE TABLE webhooks (
     timeout_ms    INTEGER NOT NULL,
     signed        INTEGER NOT NULL,  -- 1 when at least one secret signs its messages
     active        INTEGER NOT NULL DEFAULT 1,  -- 0 once removed from the configuration
+    circuit_open_until TEXT,  -- set while the circuit breaker keeps the endpoint alone
     updated_at    TEXT NOT NULL
 );
 

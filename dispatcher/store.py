@@ -233,6 +233,13 @@ class Store:
 
         await self._write(body)
 
+    async def set_circuit(self, webhook: str, open_until: datetime | None) -> None:
+        """Show operators whether the circuit breaker is keeping this endpoint alone."""
+        until = clock.iso(open_until) if open_until is not None else None
+        await self._write_one(
+            "UPDATE webhooks SET circuit_open_until = ? WHERE name = ?", (until, webhook)
+        )
+
     async def release_leases(self, now: datetime, *, every_owner: bool) -> int:
         """Return abandoned in-flight deliveries to due, spending no retry budget.
 

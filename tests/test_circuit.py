@@ -11,7 +11,7 @@ from aiohttp import web
 from dispatcher.circuit import CLOSED, HALF_OPEN, OPEN, Circuit
 from dispatcher.config import CircuitConfig
 from tests.conftest import Receiver, query, webhook, write_config
-from tests.helpers import prepare, running, wait_until
+from tests.helpers import prepare, run_cli, running, wait_until
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 POLICY = CircuitConfig(failures=3, cooldown=10.0, max_cooldown=25.0)
@@ -88,6 +88,13 @@ async def test_a_dead_endpoint_stops_being_attempted_without_spending_budgets(
         await wait_until(lambda: len(receiver.at("/down")) >= 5)
         await wait_until(lambda: query(config.database, in_flight) == [(0,)])
     assert len(receiver.at("/down")) == 5
+    (open_until,) = query(
+        config.database, "SELECT circuit_open_until FROM webhooks WHERE name = 'dead'"
+    )[0]
+    assert open_until is not None
+    report = await run_cli("status", "--json", "-c", config_path)
+    assert report.json()["webhooks"]["dead"]["circuit_open_until"] == open_until
+    assert report.json()["webhooks"]["ok"]["circuit_open_until"] is None
     rows = query(
         config.database,
         "SELECT attempts, state, count(*) FROM deliveries WHERE webhook = 'dead'"
