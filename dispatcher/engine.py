@@ -127,8 +127,9 @@ class Engine:
         await self._flush_circuits()
         if self._poll.queue_maybe and self._starving():
             await self._fan_out()
+        now = self.now()
         for endpoint in self.endpoints.values():
-            if endpoint.wants_claim(self.now()):
+            if endpoint.wants_claim(now):
                 await self._claim(endpoint)
         await self._maybe_sweep()
 
