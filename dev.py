@@ -53,7 +53,7 @@ def test(args: list[str]) -> int:
     steps = [
         (BIN / "ruff", "format", "--check", "dispatcher", "tests", "benchmarks", "dev.py"),
         (BIN / "ruff", "check", "dispatcher", "tests", "benchmarks", "dev.py"),
-        (BIN / "mypy", "dispatcher"),
+        (BIN / "mypy", "dispatcher", "tests", "benchmarks"),
     ]
     for step in steps:
         if run(*step):
