@@ -68,6 +68,7 @@ class WebhookConfig:
     timeout: float = 10.0
     connect_timeout: float = 5.0
     allow_http: bool = False  # effective: the webhook's own setting or http.allow_http
+    rate_limit: float = 0.0  # attempts per second; 0 means no limit
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ _WEBHOOK_KEYS = (
     "timeout",
     "connect_timeout",
     "allow_http",
+    "rate_limit",
 )
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "json", "console")
@@ -333,6 +335,7 @@ def _webhook(section: Section, context: WebhookContext, http: HttpConfig) -> Web
         timeout=section.duration("timeout", http.timeout),
         connect_timeout=section.duration("connect_timeout", http.connect_timeout),
         allow_http=allow_http,
+        rate_limit=section.number("rate_limit", 0.0, low=0.0, high=100_000.0),
     )
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from dispatcher.circuit import HALF_OPEN, OPEN, Circuit
 from dispatcher.config import CircuitConfig, WebhookConfig
+from dispatcher.ratelimit import RateLimit
 from dispatcher.store import Claimed
 
 # How many claimed deliveries wait in memory per worker: enough to keep workers busy
@@ -44,6 +45,7 @@ class Endpoint:
     ) -> None:
         self.webhook = webhook
         self.circuit = Circuit(circuit)
+        self.rate = RateLimit(webhook.rate_limit) if webhook.rate_limit > 0 else None
         self.name = webhook.name
         self.capacity = max(MIN_BUFFER, webhook.max_in_flight * BUFFER_PER_WORKER)
         self.due_at: datetime | None = None
@@ -111,6 +113,8 @@ class Endpoint:
             delivery_id = job.claimed.delivery_id
             self._busy.add(delivery_id)
             try:
+                if self.rate is not None:
+                    await asyncio.sleep(self.rate.reserve())
                 await self._handler(self, job)
             except asyncio.CancelledError:
                 self._cut_off.append(delivery_id)
