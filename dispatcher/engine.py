@@ -55,12 +55,14 @@ class Engine:
         *,
         now: Callable[[], datetime] = clock.now,
         jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0),
+        sweep_interval: float = SWEEP_INTERVAL,
     ) -> None:
         self.config = config
         self.store = store
         self.sender = sender
         self.now = now
         self.jitter = jitter
+        self.sweep_interval = sweep_interval
         self.recorder = Recorder(store, now)
         self.endpoints = {
             w.name: Endpoint(w, config.circuit, self._attempt, self._wake) for w in config.webhooks
@@ -349,7 +351,7 @@ class Engine:
 
     async def _maybe_sweep(self) -> None:
         loop_time = asyncio.get_running_loop().time()
-        if loop_time - self._poll.last_sweep < SWEEP_INTERVAL:
+        if loop_time - self._poll.last_sweep < self.sweep_interval:
             return
         self._poll.last_sweep = loop_time
         released = await self.store.release_leases(self.now(), every_owner=False)

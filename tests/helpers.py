@@ -43,12 +43,12 @@ async def drain(config: Config, timeout: float = 20.0) -> Engine:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Engine]:
+async def running(config: Config, **engine_options: Any) -> AsyncIterator[Engine]:
     """The engine running in the background until the block ends, then stopped gracefully."""
     store = await Store.open(config.database, "test-owner")
     sender = Sender(config.http)
     await sender.start()
-    engine = Engine(config, store, sender)
+    engine = Engine(config, store, sender, **engine_options)
     stop = asyncio.Event()
     task = asyncio.create_task(engine.run(stop))
     try:

@@ -279,3 +279,41 @@ async def test_processes_opening_a_new_database_together_migrate_it_once(tmp_pat
     results = [await asyncio.wait_for(p.communicate(), 30) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in results]
     assert query(path, "PRAGMA user_version") == [(database.schema_version(),)]
+
+
+async def test_an_expired_lease_of_another_process_is_swept_while_running(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = await prepare(write_config(tmp_path, [webhook("w", receiver.url())]))
+    async with running(config, sweep_interval=0.1):
+        _bulk_insert(config.database, 1)
+        done = "SELECT state, attempts FROM deliveries"
+        await _until(lambda: query(config.database, done) == [("succeeded", 1)], 10, "sent")
+        # As if another daemon had claimed it again and died, its lease long expired.
+        with sqlite3.connect(config.database) as conn:
+            conn.execute(
+                "UPDATE deliveries SET state = 'in_flight', lease_owner = 'gone:1',"
+                " lease_expires_at = '2000-01-01T00:00:00.000Z'"
+            )
+        await receiver.wait_for(2)
+        await _until(lambda: query(config.database, done) == [("succeeded", 2)], 10, "redone")
+    ids = {c.headers["webhook-id"] for c in receiver.received}
+    assert len(ids) == 1
+
+
+async def test_outcomes_wait_in_memory_while_the_database_cannot_take_them(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = await prepare(write_config(tmp_path, [webhook("w", receiver.url())]))
+    async with running(config):
+        with sqlite3.connect(config.database) as conn:
+            conn.execute("ALTER TABLE attempts RENAME TO attempts_away")
+        _bulk_insert(config.database, 20)
+        await receiver.wait_for(20)
+        await asyncio.sleep(0.3)  # the recorder has failed at least once by now
+        assert query(config.database, "SELECT count(*) FROM attempts_away") == [(0,)]
+        with sqlite3.connect(config.database) as conn:
+            conn.execute("ALTER TABLE attempts_away RENAME TO attempts")
+        done = "SELECT count(*) FROM deliveries WHERE state = 'succeeded'"
+        await _until(lambda: query(config.database, done) == [(20,)], 15, "all recorded")
+    assert query(config.database, "SELECT count(*) FROM attempts") == [(20,)]
