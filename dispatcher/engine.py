@@ -63,6 +63,7 @@ class Engine:
         self.now = now
         self.jitter = jitter
         self.sweep_interval = sweep_interval
+        self.heartbeat = 0.0  # loop time of the last completed pass, for the watchdog
         self.recorder = Recorder(store, now)
         self.endpoints = {
             w.name: Endpoint(w, config.circuit, self._attempt, self._wake) for w in config.webhooks
@@ -97,6 +98,7 @@ class Engine:
                     log.error("engine_step_failed", error=str(exc))
                     await asyncio.sleep(STEP_RETRY_DELAY)
                     continue
+                self.heartbeat = asyncio.get_running_loop().time()
                 if until_idle and await self._finished():
                     break
                 await self._pause(stop)

@@ -160,9 +160,36 @@ async def _run_engine(config: Config, store: Store, stop: asyncio.Event, until_i
     sender = Sender(config.http)
     try:
         await sender.start()
-        await Engine(config, store, sender).run(stop, until_idle=until_idle)
+        engine = Engine(config, store, sender)
+        watchdog = asyncio.create_task(_watchdog(engine))
+        try:
+            await engine.run(stop, until_idle=until_idle)
+        finally:
+            watchdog.cancel()
     finally:
         await sender.close()
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec (passed as WATCHDOG_USEC), or None without one."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+async def _watchdog(engine: Engine) -> None:
+    """Tell systemd the daemon is alive, but only while the engine's loop is passing: a
+    loop stuck on a hung call stops the pings, and systemd restarts the service."""
+    interval = watchdog_interval()
+    if interval is None:
+        return
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        if loop.time() - engine.heartbeat < 2 * interval:
+            sd_notify("WATCHDOG=1")
 
 
 def _reloaded(current: Config) -> Config:

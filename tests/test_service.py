@@ -152,3 +152,27 @@ async def test_an_unknown_event_loop_choice_is_refused_in_one_line(tmp_path: Pat
     assert err.decode().strip().splitlines()[-1] == (
         "error: WEBHOOK_DISPATCHER_LOOP='trio' (valid: auto, uvloop, asyncio)"
     )
+
+
+async def test_the_watchdog_is_pinged_while_the_loop_runs(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = write_config(tmp_path, [webhook("w", receiver.url())])
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
+    daemon = await _daemon(config, env)
+    try:
+        messages = [await asyncio.wait_for(loop.sock_recv(sock, 256), 20) for _ in range(4)]
+        assert messages[0] == b"READY=1"
+        assert messages[1:] == [b"WATCHDOG=1"] * 3
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 20) == 0
+    finally:
+        sock.close()
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
