@@ -121,3 +121,20 @@ class Daemon:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(self.proc.wait(), 15)
+
+
+async def start_daemon(
+    config: Path, env: dict[str, str] | None = None, *, stdout: Any = asyncio.subprocess.DEVNULL
+) -> asyncio.subprocess.Process:
+    """`python -m dispatcher run -c CONFIG` as a child process, its log lines on a pipe."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatcher",
+        "run",
+        "-c",
+        str(config),
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )

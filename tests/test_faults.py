@@ -18,7 +18,7 @@ from aiohttp import web
 from dispatcher import database
 from dispatcher.errors import StoreError
 from tests.conftest import Receiver, query, webhook, write_config
-from tests.helpers import drain, prepare, running
+from tests.helpers import drain, prepare, running, start_daemon
 
 
 def _bulk_insert(db: Path, count: int) -> None:
@@ -27,19 +27,6 @@ def _bulk_insert(db: Path, count: int) -> None:
             "INSERT INTO events (type, store_id, payload) VALUES ('order.created', 's', ?)",
             [(f'{{"n": {i}}}',) for i in range(count)],
         )
-
-
-async def _start_daemon(config_path: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dispatcher",
-        "run",
-        "-c",
-        str(config_path),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 async def _until(condition: object, timeout: float, what: str) -> None:
@@ -59,7 +46,7 @@ async def test_sigkill_mid_burst_loses_nothing_and_bounds_duplicates(
     config = await prepare(config_path)
     _bulk_insert(config.database, 5000)
 
-    daemon = await _start_daemon(config_path)
+    daemon = await start_daemon(config_path)
     await receiver.wait_for(2000, timeout=60)
     daemon.kill()
     await daemon.wait()
@@ -71,7 +58,7 @@ async def test_sigkill_mid_burst_loses_nothing_and_bounds_duplicates(
         )
     }
 
-    daemon = await _start_daemon(config_path)
+    daemon = await start_daemon(config_path)
     done = "SELECT count(*) FROM deliveries WHERE state = 'succeeded'"
     await _until(lambda: query(config.database, done)[0][0] == 10_000, 90, "every delivery")
     daemon.send_signal(signal.SIGTERM)
@@ -102,7 +89,7 @@ async def test_sigterm_records_every_answered_attempt_and_exits_within_grace(
     config = await prepare(config_path)
     _bulk_insert(config.database, 200)
 
-    daemon = await _start_daemon(config_path)
+    daemon = await start_daemon(config_path)
     await receiver.wait_for(12, timeout=30)
     stopped_at = time.monotonic()
     daemon.send_signal(signal.SIGTERM)
@@ -233,16 +220,7 @@ async def test_run_refuses_a_foreign_database_with_one_line_and_exit_1(tmp_path:
     config_path = write_config(tmp_path, [webhook("w", "http://127.0.0.1:9/")])
     with sqlite3.connect(tmp_path / "dispatcher.db") as conn:
         conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dispatcher",
-        "run",
-        "-c",
-        str(config_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_daemon(config_path)
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
     assert "another application" in err.decode()

@@ -7,25 +7,25 @@ import json
 import os
 import signal
 import socket
-import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from dispatcher.signing import generate_secret
 from tests.conftest import Receiver, insert_event, query, webhook, write_config
+from tests.helpers import start_daemon
 
 
-async def _daemon(config: Path, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dispatcher",
-        "run",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.setblocking(False)
+    yield address, sock
+    sock.close()
 
 
 async def _started(daemon: asyncio.subprocess.Process) -> list[str]:
@@ -39,14 +39,13 @@ async def _started(daemon: asyncio.subprocess.Process) -> list[str]:
     return lines
 
 
-async def test_ready_and_stopping_are_sent_to_systemd(tmp_path: Path, receiver: Receiver) -> None:
+async def test_ready_and_stopping_are_sent_to_systemd(
+    tmp_path: Path, receiver: Receiver, notify_socket: tuple[str, socket.socket]
+) -> None:
     config = write_config(tmp_path, [webhook("w", receiver.url())])
-    address = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(address)
-    sock.setblocking(False)
+    address, sock = notify_socket
     loop = asyncio.get_running_loop()
-    daemon = await _daemon(config, {**os.environ, "NOTIFY_SOCKET": address})
+    daemon = await start_daemon(config, {**os.environ, "NOTIFY_SOCKET": address})
     try:
         ready = await asyncio.wait_for(loop.sock_recv(sock, 256), 20)
         assert ready == b"READY=1"
@@ -55,7 +54,6 @@ async def test_ready_and_stopping_are_sent_to_systemd(tmp_path: Path, receiver: 
         assert stopping == b"STOPPING=1"
         assert await asyncio.wait_for(daemon.wait(), 20) == 0
     finally:
-        sock.close()
         if daemon.returncode is None:
             daemon.kill()
             await daemon.wait()
@@ -67,7 +65,7 @@ async def test_a_literal_secret_in_a_world_readable_config_draws_a_warning(
     secret = generate_secret()
     config = write_config(tmp_path, [webhook("w", receiver.url(), secret=secret)])
     config.chmod(0o644)
-    daemon = await _daemon(config)
+    daemon = await start_daemon(config)
     early = "".join(await _started(daemon))
     daemon.send_signal(signal.SIGTERM)
     _, rest = await asyncio.wait_for(daemon.communicate(), 20)
@@ -82,7 +80,7 @@ async def test_a_literal_secret_in_a_world_readable_config_draws_a_warning(
 async def test_an_owner_only_config_draws_no_warning(tmp_path: Path, receiver: Receiver) -> None:
     config = write_config(tmp_path, [webhook("w", receiver.url(), secret=generate_secret())])
     config.chmod(0o600)
-    daemon = await _daemon(config)
+    daemon = await start_daemon(config)
     early = "".join(await _started(daemon))
     daemon.send_signal(signal.SIGTERM)
     _, rest = await asyncio.wait_for(daemon.communicate(), 20)
@@ -96,7 +94,7 @@ async def test_sighup_reloads_the_webhooks_and_keeps_running(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     config = write_config(tmp_path, [webhook("first", receiver.url("/first"))])
-    daemon = await _daemon(config)
+    daemon = await start_daemon(config)
     await _started(daemon)
     write_config(tmp_path, [webhook("second", receiver.url("/second"))])
     daemon.send_signal(signal.SIGHUP)
@@ -116,7 +114,7 @@ async def test_sighup_with_a_broken_config_keeps_the_old_one(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     config = write_config(tmp_path, [webhook("first", receiver.url("/first"))])
-    daemon = await _daemon(config)
+    daemon = await start_daemon(config)
     await _started(daemon)
     config.write_text(config.read_text().replace("'*'", "'order.creatd'", 1))
     daemon.send_signal(signal.SIGHUP)
@@ -134,7 +132,7 @@ async def test_sighup_with_a_broken_config_keeps_the_old_one(
 
 async def test_the_daemon_runs_on_uvloop_when_asked(tmp_path: Path, receiver: Receiver) -> None:
     config = write_config(tmp_path, [webhook("w", receiver.url())])
-    daemon = await _daemon(config, {**os.environ, "WEBHOOK_DISPATCHER_LOOP": "uvloop"})
+    daemon = await start_daemon(config, {**os.environ, "WEBHOOK_DISPATCHER_LOOP": "uvloop"})
     lines = await _started(daemon)
     started = next(json.loads(line) for line in lines if '"daemon_started"' in line)
     assert started["event_loop"] == "uvloop"
@@ -146,7 +144,7 @@ async def test_the_daemon_runs_on_uvloop_when_asked(tmp_path: Path, receiver: Re
 
 async def test_an_unknown_event_loop_choice_is_refused_in_one_line(tmp_path: Path) -> None:
     config = write_config(tmp_path, [webhook("w", "http://127.0.0.1:9/")])
-    daemon = await _daemon(config, {**os.environ, "WEBHOOK_DISPATCHER_LOOP": "trio"})
+    daemon = await start_daemon(config, {**os.environ, "WEBHOOK_DISPATCHER_LOOP": "trio"})
     _, err = await asyncio.wait_for(daemon.communicate(), 20)
     assert daemon.returncode == 1
     assert err.decode().strip().splitlines()[-1] == (
@@ -155,16 +153,13 @@ async def test_an_unknown_event_loop_choice_is_refused_in_one_line(tmp_path: Pat
 
 
 async def test_the_watchdog_is_pinged_while_the_loop_runs(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: Receiver, notify_socket: tuple[str, socket.socket]
 ) -> None:
     config = write_config(tmp_path, [webhook("w", receiver.url())])
-    address = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(address)
-    sock.setblocking(False)
+    address, sock = notify_socket
     loop = asyncio.get_running_loop()
     env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
-    daemon = await _daemon(config, env)
+    daemon = await start_daemon(config, env)
     try:
         messages = [await asyncio.wait_for(loop.sock_recv(sock, 256), 20) for _ in range(4)]
         assert messages[0] == b"READY=1"
@@ -172,7 +167,6 @@ async def test_the_watchdog_is_pinged_while_the_loop_runs(
         daemon.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(daemon.wait(), 20) == 0
     finally:
-        sock.close()
         if daemon.returncode is None:
             daemon.kill()
             await daemon.wait()
