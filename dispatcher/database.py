@@ -168,12 +168,18 @@ def is_locked(exc: sqlite3.OperationalError) -> bool:
 async def write(
     conn: aiosqlite.Connection, body: Callable[[aiosqlite.Connection], Awaitable[T]]
 ) -> T:
-    """Run `body` in one IMMEDIATE transaction; wait and retry while another writer holds
-    the lock. Any other SQLite error becomes a StoreError."""
+    """Run `body` in one IMMEDIATE transaction, retried while another writer holds the
+    lock. Any other SQLite error becomes a StoreError."""
+    return await while_locked(lambda: _transaction(conn, body))
+
+
+async def while_locked(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run `attempt`, waiting and trying again with growing pauses while the database is
+    locked by another writer; any other SQLite error becomes a StoreError."""
     delay = 0.05
     while True:
         try:
-            return await _transaction(conn, body)
+            return await attempt()
         except sqlite3.OperationalError as exc:
             if not is_locked(exc):
                 raise StoreError(f"database write failed: {exc}") from exc

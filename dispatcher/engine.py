@@ -43,7 +43,6 @@ class _Poll:
     last_work: float = 0.0
     last_full_check: float = 0.0
     disk_signature: tuple[int, ...] | None = None
-    drained: bool = False
 
 
 class Engine:

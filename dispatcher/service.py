@@ -68,7 +68,7 @@ def sd_notify(message: str) -> None:
 
 
 def warn_if_readable_secrets(config: Config) -> None:
-    if not getattr(config, "has_literal_secret", False):
+    if not config.has_literal_secret:
         return
     try:
         mode = config.path.stat().st_mode

@@ -186,21 +186,12 @@ class Store:
 
     async def _write_one(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
         """One statement in autocommit mode: a single round trip, retried while locked."""
-        async with self._write_lock:
-            return await self._write_one_locked(sql, params)
 
-    async def _write_one_locked(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
-        delay = 0.05
-        while True:
-            try:
-                return list(await self.conn.execute_fetchall(sql, params))
-            except sqlite3.OperationalError as exc:
-                if not database.is_locked(exc):
-                    raise StoreError(f"database write failed: {exc}") from exc
-            except sqlite3.Error as exc:
-                raise StoreError(f"database write failed: {exc}") from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, database.LOCKED_RETRY_MAX_DELAY)
+        async def attempt() -> list[sqlite3.Row]:
+            return list(await self.conn.execute_fetchall(sql, params))
+
+        async with self._write_lock:
+            return await database.while_locked(attempt)
 
     async def _write(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         async with self._write_lock:
