@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from dispatcher.events import EVENT_TYPES
+from dispatcher.events import EVENT_TYPES, check_event_id
 
 
 def enqueue(
@@ -33,8 +33,8 @@ def enqueue(
         raise ValueError(f"unknown event type {type_!r} (valid: {', '.join(EVENT_TYPES)})")
     if not store_id.strip():
         raise ValueError("store_id must not be empty")
-    if event_id is not None and (not event_id or "." in event_id):
-        raise ValueError(f"event id {event_id!r} must be non-empty and contain no '.'")
+    if event_id is not None:
+        check_event_id(event_id)
     payload = json.dumps(data, ensure_ascii=False, allow_nan=False)
     if connection is not None:
         return _insert(connection, type_, store_id, payload, event_id)

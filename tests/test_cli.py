@@ -121,6 +121,7 @@ BAD_ENQUEUE = [
     (["--type", "order.created", "--store", "s", "--data", '{"a": NaN}'], "NaN"),
     (["--type", "order.created", "--store", "s", "--data", "@/no/such/file"], "cannot read"),
     (["--type", "order.created", "--store", "s", "--data", "{}", "--id", "a.b"], "--id:"),
+    (["--type", "order.created", "--store", "s", "--data", "{}", "--id", "évt-1"], "--id:"),
     (["--type", "order.created", "--store", "s", "--data", '{"a": "' + "x" * 80 + '"}'],
      "over queue.max_payload_bytes (64)"),
 ]  # fmt: skip

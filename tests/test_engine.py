@@ -203,3 +203,10 @@ async def test_the_payload_reaches_the_receiver_as_the_producer_wrote_it(
     await drain(config)
     body = receiver.received[0].body.decode()
     assert body.endswith(f',"data":{payload}}}')
+
+
+def test_the_python_producer_helper_refuses_an_id_the_daemon_would_reject(tmp_path: Path) -> None:
+    for bad in ("a.b", " ", "évt-1", "evt\n1"):
+        with pytest.raises(ValueError, match="event id"):
+            enqueue(tmp_path / "x.db", "order.created", "s", {}, event_id=bad)
+    assert not (tmp_path / "x.db").exists()
