@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import ssl
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -20,10 +19,9 @@ from aiohttp.http_exceptions import ContentLengthError, TransferEncodingError
 
 from dispatcher import guard
 from dispatcher.config import WebhookConfig
+from dispatcher.errors import cause_of_type
 
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
-
-E = TypeVar("E", bound=BaseException)
 
 
 class AttemptError(Exception):
@@ -79,7 +77,7 @@ def _tls_message(exc: Exception) -> str | None:
         return f"certificate of {exc.host}:{exc.port} refused: {why}"
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
         return f"TLS handshake with {exc.host}:{exc.port} failed: {_ssl_reason(exc.os_error)}"
-    ssl_error = _cause_of_type(exc, ssl.SSLError)
+    ssl_error = cause_of_type(exc, ssl.SSLError)
     if ssl_error is not None:
         # TLS broke after the handshake (a bad record, an alert from the peer).
         return f"TLS error: {_ssl_reason(ssl_error)}"
@@ -92,7 +90,7 @@ def _ssl_reason(error: BaseException) -> str:
 
 
 def _is_dns(exc: BaseException) -> bool:
-    return _cause_of_type(exc, socket.gaierror) is not None
+    return cause_of_type(exc, socket.gaierror) is not None
 
 
 def _is_disconnect(exc: Exception) -> bool:
@@ -123,16 +121,6 @@ def _disconnect_message(exc: Exception, status: int | None) -> str:
         return f"connection lost before the body of HTTP {status} ended"
     reset = number == errno.ECONNRESET or isinstance(exc, ConnectionResetError)
     return f"connection {'reset' if reset else 'closed'} by the endpoint before it answered"
-
-
-def _cause_of_type(exc: BaseException, kind: type[E]) -> E | None:
-    """`exc` or the first exception in its chain of causes that is a `kind`."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, kind):
-            return seen
-        seen = seen.__cause__
-    return None
 
 
 def _os_reason(exc: Exception) -> str:

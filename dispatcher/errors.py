@@ -1,5 +1,20 @@
 """The exception hierarchy: one root, so callers can catch everything the dispatcher raises."""
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def cause_of_type(exc: BaseException, kind: type[E]) -> E | None:
+    """`exc` or the first exception in its chain of causes that is a `kind`: libraries wrap
+    the error that says what really happened."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__
+    return None
+
 
 class DispatcherError(Exception):
     """Root of every error the dispatcher raises on purpose."""

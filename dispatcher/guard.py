@@ -30,7 +30,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from dispatcher.config import IPNetwork
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import DispatcherError, cause_of_type
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -108,12 +108,7 @@ class BlockedAddressError(DispatcherError, OSError):
 
 def find_blocked(exc: BaseException) -> BlockedAddressError | None:
     """The guard's refusal behind an error raised by an aiohttp request, if it is one."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, BlockedAddressError):
-            return cause
-        cause = cause.__cause__
-    return None
+    return cause_of_type(exc, BlockedAddressError)
 
 
 def blocked_reason(ip: IPAddress, allow: Sequence[IPNetwork] = ()) -> str | None:
